@@ -1,0 +1,136 @@
+"""Every knob of the JiSi method, with its default and a one-line description.
+
+`JisiContext` is the graph's `context_schema`: LangGraph Studio shows these descriptions, a
+caller overrides any field per run (`graph.invoke(..., context={...})`), and the pure functions
+of `routing.py` take their defaults from here, so each default lives in exactly one place.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+AggregationMode = Literal["llm", "vote", "vote_or_llm"]
+
+BANK_ENV = "JISI_BANK"
+POOL_ENV = "JISI_POOL"
+
+
+class JisiContext(BaseModel):
+    """Run-time configuration of one JiSi query (METHOD.md, defaults of the paper's config)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    bank: str | None = Field(
+        default=None,
+        description=f"Directory of a built bank; when unset, the {BANK_ENV} environment variable.",
+    )
+    pool: str | None = Field(
+        default=None,
+        description=f"Pool file (YAML); when unset, the {POOL_ENV} environment variable.",
+    )
+    support_k: int = Field(
+        default=50,
+        ge=1,
+        description="Minimum size k of the support set: the k nearest bank queries, plus ties.",
+    )
+    rag_thres: float = Field(
+        default=0.95,
+        gt=0,
+        le=1,
+        description="Support set keeps bank queries with similarity >= rag_thres x the k-th one.",
+    )
+    aggregator_beta: float = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        description="Aggregator score = beta x bank-wide ability + (1 - beta) x support-set score.",
+    )
+    sample_n: int = Field(
+        default=3,
+        ge=1,
+        description="Number of probes: the top models by support-set score that answer first.",
+    )
+    length_order: float = Field(
+        default=2.0,
+        gt=0,
+        description="Order p of the length (difficulty) distance |L_past^p - L_now^p|.",
+    )
+    length_coef: float = Field(
+        default=0.4,
+        ge=0,
+        le=1,
+        description="Weight of length similarity against response similarity.",
+    )
+    query_coef: float = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        description="Weight of query similarity in the mixed similarity (1 - it: responses).",
+    )
+    subset_p: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="Fraction of the support set kept, by mixed similarity, to score the routing.",
+    )
+    top_k: int = Field(
+        default=3,
+        ge=1,
+        description="Number K of candidates ranked by routing score that the switch considers.",
+    )
+    switch_threshold: float = Field(
+        default=0.8,
+        gt=0,
+        le=1,
+        description="Candidates whose routing score is >= t x the best one are aggregated.",
+    )
+    cut_length: int = Field(
+        default=13000,
+        ge=1,
+        description="If three or more answers hold more tokens than this, aggregate fewer.",
+    )
+    aggregation: AggregationMode = Field(
+        default="llm",
+        description=(
+            "llm: the aggregator model writes the answer; vote: vote over extracted answers "
+            "where the support set is votable, else route; vote_or_llm: vote where votable, "
+            "else the aggregator model."
+        ),
+    )
+    aggregator_temperature: float = Field(
+        default=0.7, ge=0, le=2, description="Sampling temperature of the aggregation call."
+    )
+    show_confidence: bool = Field(
+        default=False,
+        description="Show each answer's routing score to the aggregator as a confidence.",
+    )
+    vote_majority: float = Field(
+        default=0.5,
+        ge=0,
+        lt=1,
+        description="A query is votable when more than this fraction of its support set is.",
+    )
+    neighbours_shown: int = Field(
+        default=5, ge=0, description="Number of nearest bank queries listed in the decision."
+    )
+    timeout_s: float = Field(
+        default=120.0, gt=0, description="Timeout of one model call attempt, in seconds."
+    )
+    max_retries: int = Field(
+        default=2, ge=0, description="Retries of a failed model call before it is a failure."
+    )
+
+    def bank_path(self) -> str | None:
+        """The bank directory: the field, else the environment variable, else None."""
+        return self.bank or os.environ.get(BANK_ENV) or None
+
+    def pool_path(self) -> str | None:
+        """The pool file: the field, else the environment variable, else None."""
+        return self.pool or os.environ.get(POOL_ENV) or None
+
+
+DEFAULTS = JisiContext()
+"""The paper's configuration: every knob at its default."""
