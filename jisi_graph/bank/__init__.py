@@ -1,0 +1,1 @@
+"""The embedding bank: row schema, loaders, building and storage."""
