@@ -1,0 +1,128 @@
+"""The `jisi` command line: build and inspect banks, ask, evaluate, serve.
+
+Heavy modules are imported inside each command, so `jisi --help` is instant.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    help="JiSi: route and aggregate a pool of LLMs with an embedding bank.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+bank_app = typer.Typer(help="Build and inspect embedding banks.", no_args_is_help=True)
+app.add_typer(bank_app, name="bank")
+
+
+def fail(message: str, code: int = 2) -> None:
+    """Print an error for the user (no traceback) and exit."""
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+def _split_names(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    names = [name.strip() for name in value.split(",") if name.strip()]
+    return names or None
+
+
+@bank_app.command("build")
+def bank_build(
+    data: Annotated[str, typer.Argument(help="JiSi rows: .jsonl, .jsonl.gz, a folder, hf://id")],
+    out: Annotated[Path, typer.Option("--out", help="Directory to write the bank to")],
+    split: Annotated[str, typer.Option(help="Rows of this split form the bank")] = "train",
+    models: Annotated[
+        str | None, typer.Option(help="Comma-separated models to keep (default: all)")
+    ] = None,
+    limit: Annotated[int | None, typer.Option(help="Only the first N rows (quick tests)")] = None,
+    embedder: Annotated[
+        str | None, typer.Option(help="Embedder: a Hub id or local path (default: bundled MiniLM)")
+    ] = None,
+    votable: Annotated[
+        str | None, typer.Option(help="Datasets whose answers can be voted on (comma-separated)")
+    ] = None,
+    not_votable: Annotated[
+        str | None, typer.Option(help="Datasets whose answers must not be voted on")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Replace an existing bank at --out")] = False,
+) -> None:
+    """Embed a data file's queries and answers once and write a bank directory."""
+    from jisi_graph.bank.build import BankExistsError, build_bank, write_bank
+    from jisi_graph.bank.loaders import file_sha256, load_rows
+    from jisi_graph.bank.manifest import SourceRecord
+    from jisi_graph.bank.schema import BankFormatError
+    from jisi_graph.embedding import load_embedder
+
+    if limit is not None and limit < 1:
+        fail("--limit must be at least 1")
+    if out.exists() and not force:
+        fail(f"{out} already exists; choose another --out or pass --force to replace it")
+    started = time.perf_counter()
+    try:
+        rows = load_rows(data, split=split, models=_split_names(models), limit=limit)
+    except (BankFormatError, FileNotFoundError) as error:
+        fail(str(error))
+    declared = {name: True for name in _split_names(votable) or []}
+    declared.update({name: False for name in _split_names(not_votable) or []})
+    unknown = sorted(set(declared) - {row.dataset for row in rows})
+    if unknown:
+        fail(f"--votable/--not-votable name datasets not in the data: {', '.join(unknown)}")
+    typer.echo(f"{len(rows)} {split} rows from {data}; loading the embedder...", err=True)
+    model = load_embedder(embedder)
+    local = Path(data)
+    source = SourceRecord(
+        path=str(local.resolve()) if local.exists() else data,
+        sha256=file_sha256(local) if local.is_file() else None,
+        split=split,
+        limit=limit,
+    )
+    bank = build_bank(
+        rows, model, source=source, models=_split_names(models), votable=declared, progress=True
+    )
+    try:
+        target = write_bank(bank, out, force=force)
+    except BankExistsError as error:
+        fail(str(error))
+    elapsed = time.perf_counter() - started
+    manifest = bank.manifest
+    typer.echo(
+        f"bank written to {target}: {manifest.rows} rows, {len(manifest.models)} models, "
+        f"{manifest.answers} answers ({manifest.distinct_texts} distinct texts embedded) "
+        f"in {elapsed:.1f} s; votable: "
+        + ", ".join(f"{name}={flag}" for name, flag in manifest.votable.items())
+    )
+
+
+@bank_app.command("info")
+def bank_info(
+    directory: Annotated[Path, typer.Argument(help="A bank directory")],
+    verify: Annotated[bool, typer.Option(help="Check every file against the manifest")] = True,
+) -> None:
+    """Print a bank's manifest as JSON (after checking its files)."""
+    from jisi_graph.bank.manifest import BankMismatchError
+    from jisi_graph.bank.store import Bank
+
+    try:
+        started = time.perf_counter()
+        bank = Bank.load(directory, verify=verify)
+        load_seconds = time.perf_counter() - started
+    except BankMismatchError as error:
+        fail(str(error))
+    report = bank.manifest.model_dump()
+    report["load_seconds"] = round(load_seconds, 3)
+    json.dump(report, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+
+
+def main() -> None:
+    """Entry point for `python -m jisi_graph`."""
+    app()
