@@ -81,6 +81,11 @@ class JisiContext(BaseModel):
         ge=1,
         description="Number K of candidates ranked by routing score that the switch considers.",
     )
+    max_candidate_rounds: int = Field(
+        default=2,
+        ge=1,
+        description="Rounds of calls to non-probe candidates (failed ones are replaced).",
+    )
     switch_threshold: float = Field(
         default=0.8,
         gt=0,
@@ -99,6 +104,11 @@ class JisiContext(BaseModel):
             "where the support set is votable, else route; vote_or_llm: vote where votable, "
             "else the aggregator model."
         ),
+    )
+    max_aggregators: int = Field(
+        default=3,
+        ge=1,
+        description="Aggregators tried in order of A before falling back to routing.",
     )
     aggregator_temperature: float = Field(
         default=0.7, ge=0, le=2, description="Sampling temperature of the aggregation call."

@@ -199,3 +199,16 @@ def _masked_row_mean(values: np.ndarray, present: np.ndarray) -> np.ndarray:
     total = np.where(present, values, 0.0).sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(count > 0, total / np.maximum(count, 1), 0.0)
+
+
+def choose_probes(
+    support_scores: np.ndarray,
+    comprehensive: np.ndarray,
+    eligible: np.ndarray,
+    n: int = DEFAULTS.sample_n,
+) -> np.ndarray:
+    """The probes: the top n eligible models by P; models with no P follow, ranked by G."""
+    p = np.asarray(support_scores, dtype=np.float64)
+    ranked = rank_models(p, eligible).tolist()
+    rest = rank_models(comprehensive, np.asarray(eligible, dtype=bool) & np.isnan(p)).tolist()
+    return np.array((ranked + rest)[:n], dtype=np.int64)

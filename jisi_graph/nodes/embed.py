@@ -1,0 +1,64 @@
+"""Node `embed`: read the query (a string or the last user turn) and embed it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from langchain_core.messages import AnyMessage, HumanMessage
+from langgraph.runtime import Runtime
+
+from jisi_graph.context import JisiContext
+from jisi_graph.nodes.common import JisiInputError, context_of, emit
+from jisi_graph.resources import ResourceProvider
+from jisi_graph.state import JisiState
+
+FRESH_RUN: dict[str, Any] = {
+    "calls": None,
+    "routing": {},
+    "candidates": [],
+    "pending": [],
+    "aggregation": {},
+    "probes": [],
+}
+
+
+def read_query(state: JisiState) -> tuple[str, list[AnyMessage]]:
+    """The text to route and the new messages to add (a HumanMessage for a string query)."""
+    query = state.get("query")
+    if query is not None:
+        if not isinstance(query, str) or not query.strip():
+            raise JisiInputError("the query is empty: send a question in 'query' or 'messages'")
+        return query, [HumanMessage(content=query)]
+    messages = state.get("messages") or []
+    if not messages:
+        raise JisiInputError("no input: give a 'query' string or a list of 'messages'")
+    for message in reversed(messages):
+        if message.type == "human":
+            text = message.text if isinstance(message.content, list) else message.content
+            if not isinstance(text, str) or not text.strip():
+                raise JisiInputError("the last user message is empty")
+            return text, []
+    raise JisiInputError("the messages hold no user turn to answer")
+
+
+def make_embed(provider: ResourceProvider) -> Callable[..., dict[str, Any]]:
+    """The `embed` node bound to a resource provider."""
+
+    def embed(state: JisiState, runtime: Runtime[JisiContext]) -> dict[str, Any]:
+        """Embed the routed text with the bank's embedder; start the run's records afresh."""
+        query_text, new_messages = read_query(state)
+        resources = provider(context_of(runtime))
+        vector = resources.embedder.embed_one(query_text)
+        emit("embedded", chars=len(query_text))
+        update: dict[str, Any] = {
+            **FRESH_RUN,
+            "query": None,
+            "query_text": query_text,
+            "query_embedding": vector.tolist(),
+        }
+        if new_messages:
+            update["messages"] = new_messages
+        return update
+
+    return embed

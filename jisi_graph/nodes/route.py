@@ -1,0 +1,96 @@
+"""Node `route`: query-response mixed routing (METHOD.md section 3) and the candidates.
+
+On its first pass it scores the routing from the probes' answers; when candidates that were not
+probes have been called, it runs again (the fan-in of their branches) to take their answers in,
+and replaces a candidate that failed by the next model, for a bounded number of rounds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from langgraph.runtime import Runtime
+
+from jisi_graph.context import JisiContext
+from jisi_graph.nodes.common import (
+    answered,
+    calls_of,
+    context_of,
+    emit,
+    to_array,
+    to_optional_floats,
+)
+from jisi_graph.resources import ResourceProvider, Resources
+from jisi_graph.routing import (
+    filtered_set,
+    length_similarity,
+    mixed_similarity,
+    rank_models,
+    response_similarity,
+    weighted_model_scores,
+)
+from jisi_graph.state import JisiState
+
+
+def routing_scores(state: JisiState, context: JisiContext, resources: Resources) -> dict[str, Any]:
+    """R per model from the answered probes; query similarity alone if no probe answered."""
+    bank = resources.bank
+    rows = np.asarray(state["support"], dtype=np.int64)
+    query_sims = np.asarray(state["support_sims"], dtype=np.float64)
+    probes = [call for call in calls_of(state) if call.role == "probe" and call.ok]
+    note = None
+    if probes:
+        columns = [bank.model_index(call.model) for call in probes]
+        probe_vectors = resources.embedder.embed([call.answer or "" for call in probes])
+        past = bank.answer_embeddings[rows][:, columns, :].astype(np.float32)
+        present = bank.answered[rows][:, columns]
+        response = response_similarity(probe_vectors, past, present)
+        lengths_now = [call.output_tokens or call.answer_tokens for call in probes]
+        past_lengths = bank.completion_tokens[rows][:, columns]
+        length = length_similarity(np.asarray(lengths_now), past_lengths, context.length_order)
+        mixed = mixed_similarity(
+            query_sims, response, length, context.length_coef, context.query_coef
+        )
+    else:
+        mixed = query_sims
+        note = "no probe answered: routing scored on query similarity alone"
+    kept = filtered_set(mixed, context.subset_p)
+    scores = weighted_model_scores(mixed[kept], bank.scores[rows[kept]])
+    return {
+        "models": list(bank.models),
+        "scores": to_optional_floats(scores),
+        "filtered_size": int(len(kept)),
+        "rounds": 0,
+        "note": note,
+    }
+
+
+def make_route(provider: ResourceProvider) -> Callable[..., dict[str, Any]]:
+    """The `route` node bound to a resource provider."""
+
+    def route(state: JisiState, runtime: Runtime[JisiContext]) -> dict[str, Any]:
+        """Rank the candidates by R and list the ones still to be asked."""
+        context = context_of(runtime)
+        resources = provider(context)
+        routing = dict(state.get("routing") or {})
+        if "scores" not in routing:
+            routing = routing_scores(state, context, resources)
+        failed = {call.model for call in calls_of(state) if not call.ok}
+        have_answer = answered(state)
+        models = resources.bank.models
+        eligible = resources.active & np.array([m not in failed for m in models], dtype=bool)
+        ranked = [models[i] for i in rank_models(to_array(routing["scores"]), eligible)]
+        candidates = ranked[: context.top_k]
+        pending = [m for m in candidates if m not in have_answer]
+        if pending and routing["rounds"] >= context.max_candidate_rounds:
+            candidates = [m for m in candidates if m in have_answer]
+            pending = []
+        if pending:
+            routing["rounds"] += 1
+            emit("candidates_called", models=pending)
+        emit("candidates", models=candidates)
+        return {"routing": routing, "candidates": candidates, "pending": pending}
+
+    return route
