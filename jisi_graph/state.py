@@ -52,6 +52,7 @@ class Candidate(BaseModel):
     relative_score: float
     probe: bool
     answered: bool
+    answer: str | None = Field(default=None, description="The candidate's answer, if it gave one")
 
 
 class Decision(BaseModel):

@@ -137,7 +137,11 @@ def write_bank(bank: Bank, out_dir: str | Path, *, force: bool = False) -> Path:
             backup = target.with_name(f".{target.name}.old")
             shutil.rmtree(backup, ignore_errors=True)
             target.rename(backup)
-            staging.rename(target)
+            try:
+                staging.rename(target)
+            except BaseException:
+                backup.rename(target)  # put the old bank back
+                raise
             shutil.rmtree(backup, ignore_errors=True)
         else:
             staging.rename(target)

@@ -15,7 +15,7 @@ from langgraph.runtime import Runtime
 
 from jisi_graph.calls import call_model, describe_error
 from jisi_graph.context import JisiContext
-from jisi_graph.nodes.common import answered, context_of, emit
+from jisi_graph.nodes.common import answered, calls_of, context_of, emit
 from jisi_graph.nodes.switch import SwitchPlan, plan_switch
 from jisi_graph.prompts import aggregation_system_prompt
 from jisi_graph.resources import ResourceProvider, Resources
@@ -80,6 +80,13 @@ def make_aggregate(provider: ResourceProvider) -> Callable[..., dict[str, Any]]:
     return aggregate
 
 
+def aggregator_queue(state: JisiState, context: JisiContext) -> list[str]:
+    """The aggregators to try, in order of A, skipping models that already failed this run."""
+    failed = {call.model for call in calls_of(state) if not call.ok and call.role != "aggregator"}
+    order = [name for name in state.get("aggregator_order") or [] if name not in failed]
+    return order[: context.max_aggregators]
+
+
 def llm_aggregate(
     state: JisiState, plan: SwitchPlan, context: JisiContext, resources: Resources
 ) -> tuple[list[ModelCall], str | None]:
@@ -91,7 +98,7 @@ def llm_aggregate(
     messages = [SystemMessage(content=prompt), *state["messages"]]
     pool = resources.pool
     calls: list[ModelCall] = []
-    for name in (state.get("aggregator_order") or [])[: context.max_aggregators]:
+    for name in aggregator_queue(state, context):
         try:
             chat_model = pool.chat_model(name)
         except Exception as error:  # noqa: BLE001 - a model that cannot be made is a failure

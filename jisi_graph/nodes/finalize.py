@@ -9,7 +9,8 @@ from langchain_core.messages import AIMessage
 from langgraph.runtime import Runtime
 
 from jisi_graph.context import JisiContext
-from jisi_graph.nodes.common import answered, calls_of, context_of, emit, to_array
+from jisi_graph.nodes.aggregate import aggregator_queue
+from jisi_graph.nodes.common import answered, calls_of, context_of, emit
 from jisi_graph.nodes.switch import plan_switch
 from jisi_graph.resources import ResourceProvider, Resources
 from jisi_graph.state import Candidate, Decision, JisiState, ModelCall, Neighbour
@@ -67,7 +68,8 @@ def build_decision(
     if routing:
         plan = plan_switch(state, context)
         replies = answered(state)
-        best = max([s for s in to_array(list(routing_scores.values())) if s == s] or [0.0])
+        # relative to the best candidate that answered, as the switch computes it
+        best = max(plan.scores, default=0.0)
         for name in state.get("candidates") or []:
             score = routing_scores.get(name) or 0.0
             candidates.append(
@@ -77,6 +79,7 @@ def build_decision(
                     relative_score=round(score / best, 6) if best > 0 else 0.0,
                     probe=name in (state.get("probes") or []),
                     answered=name in replies,
+                    answer=replies[name].answer if name in replies else None,
                 )
             )
     if aggregation.get("answer_source"):
@@ -84,7 +87,13 @@ def build_decision(
     else:
         mode, source = "route", plan.members[0] if plan and plan.members else None
     fallback = aggregation.get("fallback") or routing.get("note")
-    failures = {call.model: f"{call.error_kind}: {call.error}" for call in calls if not call.ok}
+    failures = {
+        call.model if call.role != "aggregator" else f"{call.model} (aggregator)": (
+            f"{call.error_kind}: {call.error}"
+        )
+        for call in calls
+        if not call.ok
+    }
     usage = {
         "input_tokens": sum(call.input_tokens for call in calls),
         "output_tokens": sum(call.output_tokens for call in calls),
@@ -104,7 +113,7 @@ def build_decision(
         ],
         support_scores={m: s for m, s in support_scores.items() if m in active},
         aggregator_scores=state.get("aggregator_scores") or {},
-        aggregators=(state.get("aggregator_order") or [])[: context.max_aggregators],
+        aggregators=aggregator_queue(state, context),
         probes=state.get("probes") or [],
         filtered_size=int(routing.get("filtered_size") or 0),
         routing_scores={m: s for m, s in routing_scores.items() if m in active},
