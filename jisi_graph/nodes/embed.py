@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from langchain_core.messages import AnyMessage, HumanMessage
 from langgraph.runtime import Runtime
 
 from jisi_graph.context import JisiContext
@@ -23,13 +22,18 @@ FRESH_RUN: dict[str, Any] = {
 }
 
 
-def read_query(state: JisiState) -> tuple[str, list[AnyMessage]]:
-    """The text to route and the new messages to add (a HumanMessage for a string query)."""
+def read_query(state: JisiState) -> tuple[str, list[dict[str, str]]]:
+    """The text to route and the new messages to add (the user turn of a string query).
+
+    The user turn is returned as a message dict, which `add_messages` makes a HumanMessage:
+    LangGraph's "messages" stream re-emits the message objects a node returns, and the
+    question must not come back on that stream as if it were the answer.
+    """
     query = state.get("query")
     if query is not None:
         if not isinstance(query, str) or not query.strip():
             raise JisiInputError("the query is empty: send a question in 'query' or 'messages'")
-        return query, [HumanMessage(content=query)]
+        return query, [{"role": "user", "content": query}]
     messages = state.get("messages") or []
     if not messages:
         raise JisiInputError("no input: give a 'query' string or a list of 'messages'")
