@@ -418,3 +418,20 @@ def openai_stub() -> Iterator[OpenAIStub]:
     finally:
         stub.server.shutdown()
         stub.server.server_close()
+
+
+# ------------------------------------------------------------------------------------------
+# A `jisi replay-serve` process answering as every recorded model of the test split
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def replay_endpoint(data_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Base URL (`http://127.0.0.1:PORT/v1`) of a replay server subprocess, for the session."""
+    from live_servers import start_replay_server
+
+    server = start_replay_server(data_file, tmp_path_factory.mktemp("replay-serve"))
+    try:
+        yield server.base_url
+    finally:
+        server.stop()

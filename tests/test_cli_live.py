@@ -1,0 +1,257 @@
+"""`jisi ask` (and `jisi serve`'s start-up checks) as real processes.
+
+`jisi ask` runs against the session's replay server with the session's real bank, and what it
+prints is compared with the graph run in this process on the same question. Refusals (a key
+variable not set, a bad `--set`) must be one clear line, exit code 2, no traceback, and must
+never print a key's value.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import REAL_MODELS
+from live_servers import (
+    PROCESS_TIMEOUT_S,
+    REPLAY_KEY_ENV,
+    REPLAY_KEY_VALUE,
+    REPLAY_PRICES,
+    child_env,
+    jisi,
+    priced_cost,
+    write_pool,
+)
+from typer.testing import CliRunner
+
+from jisi_graph.bank.schema import BankRow
+from jisi_graph.bank.store import Bank
+from jisi_graph.cli import app
+from jisi_graph.embedding import Embedder
+from jisi_graph.graph import build_graph
+from jisi_graph.replay import replay_pool
+from jisi_graph.resources import Resources
+
+RESULT_KEYS = {"answer", "decision", "usage", "cost_usd", "error"}
+DECISION_KEYS = {
+    "query",
+    "support_size",
+    "neighbours",
+    "support_scores",
+    "aggregator_scores",
+    "aggregators",
+    "probes",
+    "filtered_size",
+    "routing_scores",
+    "candidates",
+    "switch_n",
+    "switch_threshold",
+    "mode",
+    "aggregation_method",
+    "votable",
+    "aggregator",
+    "aggregated",
+    "answer_source",
+    "fallback",
+    "calls",
+    "failures",
+    "unused_bank_models",
+    "usage",
+    "cost_usd",
+}
+
+
+def run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        jisi(*args),
+        capture_output=True,
+        text=True,
+        env=child_env(**env),
+        timeout=PROCESS_TIMEOUT_S,
+    )
+
+
+@pytest.fixture(scope="module")
+def local(
+    real_bank: Bank, embedder: Embedder, real_test_rows: list[BankRow]
+) -> Any:  # the in-process graph over the same bank and rows
+    return build_graph(Resources(real_bank, embedder, replay_pool(real_test_rows, REAL_MODELS)))
+
+
+@pytest.fixture(scope="module")
+def pool_file(replay_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("cli-pool")
+    return write_pool(directory / "pool.yaml", replay_endpoint, REAL_MODELS)
+
+
+# ------------------------------------------------------------------------------------------
+# Asking, against the replay server
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def asked(
+    pool_file: Path, real_bank_dir: Path, real_test_rows: list[BankRow]
+) -> dict[str, subprocess.CompletedProcess[str]]:
+    """Two `jisi ask` processes, run at once (each loads the embedder): plain, and --json."""
+    common = ["--bank", str(real_bank_dir), "--pool", str(pool_file)]
+    argvs = {
+        "plain": jisi("ask", real_test_rows[0].query, *common),
+        "json": jisi(
+            "ask",
+            real_test_rows[1].query,
+            *common,
+            "--json",
+            "--set",
+            "top_k=2",
+            "--set",
+            "neighbours_shown=3",
+        ),
+    }
+    env = child_env(**{REPLAY_KEY_ENV: REPLAY_KEY_VALUE})
+    processes = {
+        name: subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        )
+        for name, argv in argvs.items()
+    }
+    done = {}
+    try:
+        for name, process in processes.items():
+            stdout, stderr = process.communicate(timeout=PROCESS_TIMEOUT_S)
+            done[name] = subprocess.CompletedProcess(
+                argvs[name], process.returncode, stdout, stderr
+            )
+    finally:
+        for process in processes.values():
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    return done
+
+
+@pytest.mark.slow
+def test_ask_prints_the_answer(
+    local: Any, asked: dict[str, subprocess.CompletedProcess[str]], real_test_rows: list[BankRow]
+) -> None:
+    expected = local.invoke({"query": real_test_rows[0].query})
+    done = asked["plain"]
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == expected["answer"] + "\n"
+    decision = expected["decision"]
+    cost = priced_cost(decision["calls"], REPLAY_PRICES)
+    summary = (
+        f"[{decision['mode']} via {decision['answer_source']}; "
+        f"{decision['usage']['calls']} calls; ${cost:.6f}]"
+    )
+    assert summary in done.stderr
+    assert "Traceback" not in done.stderr
+    assert REPLAY_KEY_VALUE not in done.stdout + done.stderr
+
+
+@pytest.mark.slow
+def test_ask_json_prints_the_decision_with_set_knobs(
+    local: Any, asked: dict[str, subprocess.CompletedProcess[str]], real_test_rows: list[BankRow]
+) -> None:
+    question = real_test_rows[1].query
+    expected = local.invoke({"query": question}, context={"top_k": 2})
+    done = asked["json"]
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert set(result) == RESULT_KEYS
+    assert result["error"] is None
+    assert result["answer"] == expected["answer"]
+    decision = result["decision"]
+    assert set(decision) == DECISION_KEYS
+    # the knobs took effect: two candidates, three neighbours shown
+    assert len(decision["candidates"]) == 2
+    assert len(decision["neighbours"]) == 3
+    local_decision = expected["decision"]
+    for key in ("mode", "answer_source", "aggregator", "probes", "switch_n", "aggregated"):
+        assert decision[key] == local_decision[key], key
+    assert [c["model"] for c in decision["candidates"]] == [
+        c["model"] for c in local_decision["candidates"]
+    ]
+    assert decision["query"] == question
+    assert result["usage"] == decision["usage"] == expected["usage"]
+    assert result["cost_usd"] == pytest.approx(
+        priced_cost(local_decision["calls"], REPLAY_PRICES), abs=1e-9
+    )
+    assert all(call["cost_source"] == "prices" for call in decision["calls"])
+
+
+# ------------------------------------------------------------------------------------------
+# Refusals
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["ask", "serve"])
+def test_missing_key_variable_is_named_never_a_value(
+    command: str, real_bank_dir: Path, tmp_path: Path
+) -> None:
+    present, absent = "JISI_TEST_PRESENT_KEY", "JISI_TEST_ABSENT_KEY"
+    secret = "sk-live-do-not-print-4242"
+    pool = tmp_path / "pool.yaml"
+    pool.write_text(
+        "defaults:\n"
+        "  base_url: http://127.0.0.1:9/v1\n"
+        "models:\n"
+        f"  - {{name: {REAL_MODELS[0]}, api_key_env: {present}}}\n"
+        f"  - {{name: {REAL_MODELS[1]}, api_key_env: {absent}}}\n",
+        encoding="utf-8",
+    )
+    args = [command] + (["What is 2 + 2?"] if command == "ask" else ["--port", "9"])
+    done = run(*args, "--bank", str(real_bank_dir), "--pool", str(pool), **{present: secret})
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert done.stderr.strip() == (
+        f"error: key variables not set: {absent} (named by the pool's api_key_env)"
+    )
+    assert secret not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("setting", "says"),
+    [
+        ("top_k=0", "top_k: Input should be greater than or equal to 1"),
+        ("top_k=two", "top_k: Input should be a valid integer"),
+        ("aggregation=median", "aggregation: Input should be 'llm', 'vote' or 'vote_or_llm'"),
+        ("no_such_knob=1", "no_such_knob: no such knob"),
+        ("top_k", "--set takes NAME=VALUE, got 'top_k'"),
+        ("=3", "--set takes NAME=VALUE, got '=3'"),
+        ("bank=/elsewhere", "bank is given by --bank, not by --set"),
+    ],
+)
+def test_bad_set_is_refused(setting: str, says: str, tmp_path: Path) -> None:
+    # refused before anything is loaded: the bank and pool paths need not even exist
+    result = CliRunner().invoke(
+        app,
+        [
+            "ask",
+            "q",
+            "--bank",
+            str(tmp_path / "no-bank"),
+            "--pool",
+            str(tmp_path / "no-pool.yaml"),
+            "--set",
+            setting,
+        ],
+    )
+    assert result.exit_code == 2
+    assert says in result.output
+    assert result.output.startswith("error: ")
+    assert len(result.output.strip().splitlines()) == 1
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_bad_set_of_serve_is_refused(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        app,
+        ["serve", "--bank", str(tmp_path), "--pool", str(tmp_path / "p.yaml"), "--set", "top_k=0"],
+    )
+    assert result.exit_code == 2
+    assert "error: invalid --set: top_k" in result.output
