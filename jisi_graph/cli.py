@@ -13,6 +13,8 @@ from typing import Annotated
 
 import typer
 
+from jisi_graph.cli_live import register as register_live_commands
+
 app = typer.Typer(
     help="JiSi: route and aggregate a pool of LLMs with an embedding bank.",
     no_args_is_help=True,
@@ -121,6 +123,77 @@ def bank_info(
     report["load_seconds"] = round(load_seconds, 3)
     json.dump(report, sys.stdout, indent=2)
     sys.stdout.write("\n")
+
+
+@app.command("eval")
+def eval_command(
+    data: Annotated[str, typer.Option("--data", help="JiSi rows to evaluate on (.jsonl[.gz])")],
+    bank: Annotated[Path, typer.Option("--bank", help="A bank directory (jisi bank build)")],
+    split: Annotated[str, typer.Option(help="Rows of this split are asked")] = "test",
+    pool: Annotated[
+        str | None, typer.Option(help="Comma-separated pool models (default: the bank's)")
+    ] = None,
+    references: Annotated[
+        str | None, typer.Option(help="Comma-separated models outside the pool, for comparison")
+    ] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the JSON report")] = None,
+    markdown: Annotated[Path | None, typer.Option(help="Write a markdown report")] = None,
+    plot: Annotated[Path | None, typer.Option(help="Write a cost-accuracy plot (PNG)")] = None,
+    rows_out: Annotated[
+        Path | None, typer.Option("--rows", help="Write one JSON line per row (debugging)")
+    ] = None,
+    limit: Annotated[int | None, typer.Option(help="Only the first N rows of the split")] = None,
+    concurrency: Annotated[int, typer.Option(help="Rows run at once (threads)")] = 4,
+    knobs: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a JisiContext knob: KNOB=VALUE (repeatable)"),
+    ] = None,
+) -> None:
+    """Run the graph on held-out rows with replayed answers; score JiSi and the baselines."""
+    from jisi_graph.bank.manifest import BankMismatchError
+    from jisi_graph.bank.schema import BankFormatError
+    from jisi_graph.evaluate import EvalConfigError, evaluate, parse_overrides
+    from jisi_graph.report import format_table, render_markdown, write_json, write_plot, write_rows
+
+    if limit is not None and limit < 1:
+        fail("--limit must be at least 1")
+    if concurrency < 1:
+        fail("--concurrency must be at least 1")
+    try:
+        overrides = parse_overrides(knobs or [])
+        report = evaluate(
+            data,
+            bank,
+            split=split,
+            pool=_split_names(pool),
+            references=_split_names(references) or [],
+            limit=limit,
+            concurrency=concurrency,
+            overrides=overrides,
+        )
+    except (EvalConfigError, BankMismatchError, BankFormatError, FileNotFoundError) as error:
+        fail(str(error))
+    typer.echo(format_table(report))
+    stats = report.jisi
+    typer.echo(
+        f"\n{report.run['rows']} rows in {report.run['wall_seconds']} s; jisi aggregated "
+        f"{100 * stats.get('aggregated_fraction', 0):.1f}% (vote "
+        f"{100 * stats.get('vote_fraction', 0):.1f}%), routed "
+        f"{100 * stats.get('routed_fraction', 0):.1f}%, {stats.get('mean_calls', 0):.2f} calls "
+        f"per row, {stats.get('failures', 0)} failed calls, {stats.get('error_rows', 0)} error rows"
+    )
+    for path, writer in (
+        (json_out, write_json),
+        (markdown, lambda r, p: Path(p).write_text(render_markdown(r), encoding="utf-8")),
+        (plot, write_plot),
+        (rows_out, write_rows),
+    ):
+        if path is not None:
+            writer(report, path)
+            typer.echo(f"wrote {path}", err=True)
+
+
+register_live_commands(app)
 
 
 def main() -> None:
