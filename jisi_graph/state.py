@@ -14,6 +14,10 @@ from pydantic import BaseModel, Field
 from typing_extensions import TypedDict
 
 CallRole = Literal["probe", "candidate", "aggregator"]
+CostSource = Literal["prices", "recorded", "estimated", "none"]
+"""Where a call's cost comes from: reported tokens at the pool's prices, the replay's recorded
+cost, tokens estimated by the tokenizer (the reply had no usage) at the pool's prices, or none
+(the call failed)."""
 
 
 class ModelCall(BaseModel):
@@ -30,7 +34,7 @@ class ModelCall(BaseModel):
     output_tokens: int = 0
     answer_tokens: int = Field(default=0, description="cl100k tokens of the answer text")
     cost_usd: float = 0.0
-    cost_source: Literal["prices", "recorded", "none"] = "prices"
+    cost_source: CostSource = "prices"
     latency_s: float = 0.0
     message_id: str | None = Field(default=None, description="Id of the reply message")
 

@@ -4,6 +4,8 @@ replies, usage and cost; and the real ChatOpenAI path against a loopback stub.""
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 from typing import Any
 
 import httpx
@@ -12,7 +14,7 @@ import pytest
 from conftest import OpenAIStub, ScriptedChat
 from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 from pydantic import ConfigDict, Field
 
@@ -107,6 +109,15 @@ def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
         (status_error(openai.BadRequestError, 400), "http_error", "HTTP 400", None),
         (status_error(openai.NotFoundError, 404), "http_error", "HTTP 404", None),
         (TimeoutError("read timed out"), "timeout", "timed out", None),
+        (httpx.ReadTimeout("read timed out"), "timeout", "timed out", None),
+        (httpx.RemoteProtocolError("peer closed"), "connection", "dropped", None),
+        (
+            TypeError("Received response with null value for 'choices'."),
+            "bad_response",
+            "malformed reply (no 'choices')",
+            None,
+        ),
+        (TypeError("unsupported operand"), "error", "TypeError: unsupported operand", None),
         (ConnectionResetError("reset"), "connection", "connection failed", None),
         (ValueError("not JSON"), "bad_response", "malformed reply (ValueError)", None),
         (RuntimeError("something else"), "error", "RuntimeError: something else", None),
@@ -148,11 +159,47 @@ def test_retry_after_is_respected(sleeps: list[float]) -> None:
     assert sleeps == [3.0]
 
 
-def test_retry_after_is_capped(sleeps: list[float]) -> None:
+def test_retry_after_beyond_the_allowed_wait_fails_at_once(sleeps: list[float]) -> None:
+    # not retried early against the endpoint's wish: the call fails now, saying why
     model = FlakyChat(errors=[status_error(openai.RateLimitError, 429, **{"retry-after": "600"})])
-    record = call_model(model, SPEC, MESSAGES, role="probe", timeout_s=5, max_retries=2)
-    assert record.ok
-    assert sleeps == [MAX_BACKOFF_S]
+    record = call_model(model, SPEC, MESSAGES, role="probe", timeout_s=30, max_retries=2)
+    assert (record.ok, record.error_kind, record.attempts, model.calls) == (
+        False,
+        "rate_limited",
+        1,
+        1,
+    )
+    assert record.error == (
+        f"HTTP 429 rate limited; Retry-After 600 s is longer than the {MAX_BACKOFF_S:g} s allowed"
+    )
+    assert sleeps == []
+
+
+def test_retry_after_longer_than_the_timeout_is_not_waited(sleeps: list[float]) -> None:
+    # the wait allowed is also bounded by one attempt's timeout
+    model = FlakyChat(errors=[status_error(openai.RateLimitError, 429, **{"retry-after": "3"})])
+    record = call_model(model, SPEC, MESSAGES, role="probe", timeout_s=2, max_retries=2)
+    assert (record.ok, record.attempts) == (False, 1)
+    assert record.error is not None and record.error.endswith("longer than the 2 s allowed")
+    assert sleeps == []
+
+
+def test_retry_after_as_an_http_date(sleeps: list[float]) -> None:
+    when = format_datetime(datetime.now(UTC) + timedelta(seconds=4), usegmt=True)
+    model = FlakyChat(errors=[status_error(openai.RateLimitError, 429, **{"retry-after": when})])
+    record = call_model(model, SPEC, MESSAGES, role="probe", timeout_s=5, max_retries=1)
+    assert record.ok and record.attempts == 2
+    (wait,) = sleeps
+    assert 2.5 < wait <= 4.0  # whole seconds in the date: between 3 and 4 s from now
+
+
+def test_backoff_is_bounded_by_the_timeout(sleeps: list[float]) -> None:
+    errors = [status_error(openai.InternalServerError, 500) for _ in range(4)]
+    record = call_model(
+        FlakyChat(errors=errors), SPEC, MESSAGES, role="probe", timeout_s=0.8, max_retries=3
+    )
+    assert not record.ok and record.attempts == 4
+    assert sleeps == [0.5, 0.8, 0.8]
 
 
 def test_backoff_doubles_without_retry_after(sleeps: list[float]) -> None:
@@ -234,6 +281,51 @@ def test_success_record_at_pool_prices(sleeps: list[float]) -> None:
     assert record.cost_source == "prices"
     assert record.message_id
     assert record.latency_s >= 0
+
+
+class NoUsageChat(FlakyChat):
+    """Answers `reply` without any usage, as some OpenAI-compatible servers do."""
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        return ChatResult(generations=[ChatGeneration(message=AIMessage(content=self.reply))])
+
+
+def test_reply_without_usage_is_estimated_and_priced(sleeps: list[float]) -> None:
+    record = call_model(
+        NoUsageChat(reply="The answer is 42."),
+        SPEC,
+        MESSAGES,
+        role="probe",
+        timeout_s=5,
+        max_retries=0,
+    )
+    assert record.ok and record.cost_source == "estimated"
+    # "What is 6 x 7?" is 8 cl100k tokens, plus 4 of chat framing; the answer is 6 tokens
+    assert (record.input_tokens, record.output_tokens) == (12, 6)
+    assert record.cost_usd == pytest.approx((12 * 2.0 + 6 * 6.0) / 1e6, abs=1e-15)
+
+
+def test_estimate_usage_counts_every_message() -> None:
+    messages = [SystemMessage(content="Be brief."), HumanMessage(content="What is 6 x 7?")]
+    # "Be brief." 3 tokens, "What is 6 x 7?" 8, each + 4 of framing; "42" is one token
+    assert calls.estimate_usage(messages, "42") == (3 + 4 + 8 + 4, 1)
+
+
+def test_error_messages_never_hold_the_key(
+    sleeps: list[float], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = "sk-fake-5e3cr3t-value"
+    monkeypatch.setenv("JISI_TEST_CALL_KEY", key)
+    spec = ModelSpec(name="m", api_key_env="JISI_TEST_CALL_KEY")
+    model = FlakyChat(errors=[RuntimeError(f"auth failed for key {key}!")])
+    record = call_model(model, spec, MESSAGES, role="probe", timeout_s=5, max_retries=0)
+    assert record.error == "RuntimeError: auth failed for key [redacted]!"
 
 
 def test_recorded_cost_wins_over_prices(sleeps: list[float]) -> None:
