@@ -126,6 +126,10 @@ def replay_serve(
     split: Annotated[
         str | None, typer.Option(help="Only rows of this split (default: all rows)")
     ] = None,
+    write_pool: Annotated[
+        Path | None,
+        typer.Option(help="Also write a pool file (YAML) of the served models, priced as recorded"),
+    ] = None,
 ) -> None:
     """Serve recorded answers as an OpenAI-compatible endpoint, one model per recorded model."""
     import uvicorn
@@ -141,6 +145,11 @@ def replay_serve(
         fail(str(error))
     models = list(dict.fromkeys(name for row in rows for name in row.raw_output))
     app = create_replay_app(ReplayTable(rows), models)
+    if write_pool is not None:
+        from jisi_graph.recorded_prices import write_replay_pool
+
+        write_replay_pool(write_pool, f"http://{host}:{port}/v1", rows, models)
+        typer.echo(f"wrote the pool file {write_pool} ({len(models)} models)", err=True)
     typer.echo(
         f"replaying {len(rows)} rows as {len(models)} models on http://{host}:{port}/v1", err=True
     )
