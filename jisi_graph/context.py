@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 AggregationMode = Literal["llm", "vote", "vote_or_llm"]
+CandidateSource = Literal["mixed", "support"]
 
 BANK_ENV = "JISI_BANK"
 POOL_ENV = "JISI_POOL"
@@ -122,6 +123,41 @@ class JisiContext(BaseModel):
         ge=0,
         lt=1,
         description="A query is votable when more than this fraction of its support set is.",
+    )
+    cost_weight: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description=(
+            "Cost term (ours, off at 0): scores become (1 - w) x quality + w x (1 - cost), both "
+            "min-max normalised over the pool, cost = expected cost on the support set; folds "
+            "into the support-set scores P (and so the probes) and the routing scores R. "
+            "0: quality only (the paper), 1: cost only."
+        ),
+    )
+    probe_margin: float | None = Field(
+        default=None,
+        ge=0,
+        description=(
+            "Adaptive probing (ours, off when unset): when the top model by support-set score "
+            "leads the second by at least this margin, route to it without probes (one call). "
+            "0 always routes by the support set alone (query-kNN)."
+        ),
+    )
+    candidate_source: CandidateSource = Field(
+        default="mixed",
+        description=(
+            "Which ranking gives the top_k candidates: mixed: the routing scores R of "
+            "query-response mixed routing (the paper); support: the support-set scores P, "
+            "asking the top_k models by P at once (no response similarity is needed)."
+        ),
+    )
+    calibrated: bool = Field(
+        default=True,
+        description=(
+            "Use the knobs `jisi calibrate` stored with the bank for every knob this context "
+            "does not set; false: the paper's configuration (every unset knob at its default)."
+        ),
     )
     neighbours_shown: int = Field(
         default=5, ge=0, description="Number of nearest bank queries listed in the decision."

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from jisi_graph.bank.store import Bank
+from jisi_graph.calibration import Calibration, apply_calibration, load_calibration
 from jisi_graph.context import BANK_ENV, POOL_ENV, JisiContext
 from jisi_graph.embedding import Embedder, load_embedder
 from jisi_graph.pool import Pool, PoolError
@@ -25,11 +26,15 @@ class ConfigurationError(ValueError):
 
 @dataclass
 class Resources:
-    """A bank, the embedder it was built with, and a pool of models it knows."""
+    """A bank, the embedder it was built with, a pool of models it knows, and its calibration.
+
+    `calibration` defaults to the bank directory's `calibration.json`, if it has one.
+    """
 
     bank: Bank
     embedder: Embedder
     pool: Pool
+    calibration: Calibration | None = None
     active: np.ndarray = field(init=False, repr=False)
     aggregator_allowed: np.ndarray = field(init=False, repr=False)
     comprehensive: np.ndarray = field(init=False, repr=False)
@@ -55,6 +60,13 @@ class Resources:
             dtype=bool,
         )
         self.comprehensive = self.bank.comprehensive_ability()
+        if self.calibration is None:
+            self.calibration = load_calibration(self.bank.path)
+
+    def effective_context(self, context: JisiContext) -> JisiContext:
+        """The context a run uses: the bank's calibrated knobs where `context` sets none."""
+        active = [name for name, on in zip(self.bank.models, self.active, strict=True) if on]
+        return apply_calibration(context, self.calibration, active)[0]
 
 
 ResourceProvider = Callable[[JisiContext], Resources]

@@ -212,3 +212,78 @@ def choose_probes(
     ranked = rank_models(p, eligible).tolist()
     rest = rank_models(comprehensive, np.asarray(eligible, dtype=bool) & np.isnan(p)).tolist()
     return np.array((ranked + rest)[:n], dtype=np.int64)
+
+
+# ----------------------------------------------------------------------------------------------
+# Options beyond the paper: a cost term and adaptive probing (off by default)
+# ----------------------------------------------------------------------------------------------
+
+
+def min_max_normalise(values: np.ndarray, eligible: np.ndarray | None = None) -> np.ndarray:
+    """(v - min) / (max - min) over the eligible, known values; NaN stays NaN.
+
+    When every eligible value is equal (or there is only one), all of them map to 0. Ineligible
+    models are normalised with the same bounds but take no part in setting them.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    keep = ~np.isnan(v)
+    if eligible is not None:
+        keep &= np.asarray(eligible, dtype=bool)
+    if not keep.any():
+        return np.where(np.isnan(v), np.nan, 0.0)
+    low, high = float(v[keep].min()), float(v[keep].max())
+    if high - low <= 0:
+        return np.where(np.isnan(v), np.nan, 0.0)
+    return (v - low) / (high - low)
+
+
+def cost_aware_scores(
+    quality: np.ndarray,
+    expected_cost: np.ndarray,
+    cost_weight: float = DEFAULTS.cost_weight,
+    eligible: np.ndarray | None = None,
+) -> np.ndarray:
+    """Fold expected cost into quality scores: (1 - w) * quality_norm + w * (1 - cost_norm).
+
+    Both are min-max normalised over the eligible models (Avengers-Pro's alpha, with
+    w = 1 - alpha). With w = 0 the quality scores come back unchanged, so the paper's scores and
+    its relative switch stay exact. A model with no quality score stays NaN; a model whose cost
+    is unknown (NaN) counts as the cheapest.
+    """
+    if not 0 <= cost_weight <= 1:
+        raise ValueError(f"cost weight must be in [0, 1], got {cost_weight}")
+    q = np.asarray(quality, dtype=np.float64)
+    c = np.asarray(expected_cost, dtype=np.float64)
+    if q.shape != c.shape:
+        raise ValueError(f"quality {q.shape} and cost {c.shape} disagree")
+    if cost_weight == 0:
+        return q.copy()
+    known = ~np.isnan(q)
+    if eligible is not None:
+        known &= np.asarray(eligible, dtype=bool)
+    quality_norm = min_max_normalise(q, known)
+    cost_norm = min_max_normalise(c, known & ~np.isnan(c))
+    cost_norm = np.where(np.isnan(cost_norm), 0.0, cost_norm)
+    return (1.0 - cost_weight) * quality_norm + cost_weight * (1.0 - cost_norm)
+
+
+def clear_leader(
+    scores: np.ndarray, eligible: np.ndarray | None = None, margin: float | None = None
+) -> int | None:
+    """The top model when it leads the second by at least `margin`, else None.
+
+    `margin` None never singles a model out (the paper always probes); a margin of 0 always
+    does (pure query-kNN routing). A lone eligible model with a score is a clear leader.
+    """
+    if margin is None:
+        return None
+    if margin < 0:
+        raise ValueError(f"probe margin must be at least 0, got {margin}")
+    s = np.asarray(scores, dtype=np.float64)
+    ranked = rank_models(s, eligible)
+    if len(ranked) == 0:
+        return None
+    if len(ranked) == 1:
+        return int(ranked[0])
+    lead = s[ranked[0]] - s[ranked[1]]
+    return int(ranked[0]) if lead >= margin - _SWITCH_TOLERANCE else None

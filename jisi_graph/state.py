@@ -69,6 +69,21 @@ class Decision(BaseModel):
     aggregator_scores: dict[str, float | None] = Field(description="A per allowed aggregator")
     aggregators: list[str] = Field(description="Aggregators in the order they would be tried")
     probes: list[str]
+    probing_skipped: str | None = Field(
+        default=None, description="Why no probes were asked (adaptive probing), if none were"
+    )
+    expected_costs: dict[str, float | None] = Field(
+        default_factory=dict, description="Expected cost per model on the support set (USD)"
+    )
+    support_ranking_scores: dict[str, float | None] = Field(
+        default_factory=dict, description="P with the cost term folded in (cost_weight > 0)"
+    )
+    knobs: dict[str, Any] = Field(
+        default_factory=dict, description="Knobs that differ from the paper's configuration"
+    )
+    calibrated_knobs: dict[str, Any] = Field(
+        default_factory=dict, description="Knobs taken from the bank's calibration"
+    )
     filtered_size: int = 0
     routing_scores: dict[str, float | None] = Field(default_factory=dict, description="R")
     candidates: list[Candidate] = Field(default_factory=list)
@@ -120,6 +135,8 @@ class OutputState(TypedDict, total=False):
 class JisiState(InputState, OutputState, total=False):
     """Internal state passed between the nodes."""
 
+    knobs: dict[str, Any]
+    calibrated_knobs: dict[str, Any]
     query_text: str
     query_embedding: list[float]
     support: list[int]
@@ -129,6 +146,9 @@ class JisiState(InputState, OutputState, total=False):
     aggregator_scores: dict[str, float | None]
     active_models: list[str]
     probes: list[str]
+    probing: dict[str, Any]
+    support_ranking: list[float | None]
+    expected_costs: list[float | None]
     calls: Annotated[list[dict[str, Any]], merge_calls]
     routing: dict[str, Any]
     candidates: list[dict[str, Any]]

@@ -46,7 +46,7 @@ def make_aggregate(provider: ResourceProvider) -> Callable[..., dict[str, Any]]:
 
     def aggregate(state: JisiState, runtime: Runtime[JisiContext]) -> dict[str, Any]:
         """Aggregate the top n candidates' answers as the context's `aggregation` says."""
-        context = context_of(runtime)
+        context = context_of(runtime, state)
         resources = provider(context)
         plan = plan_switch(state, context)
         members = plan.members[: plan.n]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -18,8 +18,17 @@ class JisiInputError(ValueError):
     """The input cannot be answered: no query, an empty one, or no user turn."""
 
 
-def context_of(runtime: Runtime[JisiContext] | None) -> JisiContext:
-    """The run's context, or the defaults when the caller gave none."""
+def context_of(
+    runtime: Runtime[JisiContext] | None, state: Mapping[str, Any] | None = None
+) -> JisiContext:
+    """The run's context, or the defaults when the caller gave none.
+
+    Once the `embed` node has resolved the run's knobs (the caller's context plus the bank's
+    calibration) into `state["knobs"]`, every later node and edge reads them from there.
+    """
+    knobs = state.get("knobs") if state is not None else None
+    if knobs:
+        return JisiContext(**knobs)
     context = getattr(runtime, "context", None)
     if context is None:
         return DEFAULTS

@@ -7,6 +7,7 @@ from typing import Any
 
 from langgraph.runtime import Runtime
 
+from jisi_graph.calibration import apply_calibration
 from jisi_graph.context import JisiContext
 from jisi_graph.nodes.common import JisiInputError, context_of, emit
 from jisi_graph.resources import ResourceProvider
@@ -19,6 +20,7 @@ FRESH_RUN: dict[str, Any] = {
     "pending": [],
     "aggregation": {},
     "probes": [],
+    "probing": {},
 }
 
 
@@ -52,11 +54,16 @@ def make_embed(provider: ResourceProvider) -> Callable[..., dict[str, Any]]:
     def embed(state: JisiState, runtime: Runtime[JisiContext]) -> dict[str, Any]:
         """Embed the routed text with the bank's embedder; start the run's records afresh."""
         query_text, new_messages = read_query(state)
-        resources = provider(context_of(runtime))
+        context = context_of(runtime)  # the caller's, not a previous run's knobs
+        resources = provider(context)
+        active = [m for m, on in zip(resources.bank.models, resources.active, strict=True) if on]
+        effective, calibrated, _ = apply_calibration(context, resources.calibration, active)
         vector = resources.embedder.embed_one(query_text)
         emit("embedded", chars=len(query_text))
         update: dict[str, Any] = {
             **FRESH_RUN,
+            "knobs": effective.model_dump(),
+            "calibrated_knobs": calibrated,
             "query": None,
             "query_text": query_text,
             "query_embedding": vector.tolist(),

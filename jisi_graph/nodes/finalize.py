@@ -8,7 +8,7 @@ from typing import Any
 from langchain_core.messages import AIMessage
 from langgraph.runtime import Runtime
 
-from jisi_graph.context import JisiContext
+from jisi_graph.context import DEFAULTS, JisiContext
 from jisi_graph.nodes.aggregate import aggregator_queue
 from jisi_graph.nodes.common import answered, calls_of, context_of, emit
 from jisi_graph.nodes.switch import plan_switch
@@ -23,7 +23,7 @@ def make_finalize(provider: ResourceProvider) -> Callable[..., dict[str, Any]]:
 
     def finalize(state: JisiState, runtime: Runtime[JisiContext]) -> dict[str, Any]:
         """Pick the final answer (aggregated, voted or routed) and write the decision."""
-        context = context_of(runtime)
+        context = context_of(runtime, state)
         resources = provider(context)
         calls = calls_of(state)
         decision = build_decision(state, context, resources, calls)
@@ -115,6 +115,23 @@ def build_decision(
         aggregator_scores=state.get("aggregator_scores") or {},
         aggregators=aggregator_queue(state, context),
         probes=state.get("probes") or [],
+        probing_skipped=(state.get("probing") or {}).get("reason"),
+        expected_costs={
+            m: c
+            for m, c in zip(bank.models, state.get("expected_costs") or [], strict=False)
+            if m in active
+        },
+        support_ranking_scores=(
+            {
+                m: s
+                for m, s in zip(bank.models, state.get("support_ranking") or [], strict=False)
+                if m in active
+            }
+            if context.cost_weight > 0
+            else {}
+        ),
+        knobs=changed_knobs(context),
+        calibrated_knobs=dict(state.get("calibrated_knobs") or {}),
         filtered_size=int(routing.get("filtered_size") or 0),
         routing_scores={m: s for m, s in routing_scores.items() if m in active},
         candidates=candidates,
@@ -133,3 +150,12 @@ def build_decision(
         usage=usage,
         cost_usd=round(sum(call.cost_usd for call in calls), 10),
     )
+
+
+def changed_knobs(context: JisiContext) -> dict[str, Any]:
+    """The knobs of this run that differ from the paper's configuration (bank and pool aside)."""
+    return {
+        name: value
+        for name, value in context.model_dump(exclude={"bank", "pool"}).items()
+        if value != getattr(DEFAULTS, name)
+    }

@@ -24,6 +24,7 @@ from jisi_graph.nodes.common import (
 )
 from jisi_graph.resources import ResourceProvider, Resources
 from jisi_graph.routing import (
+    cost_aware_scores,
     filtered_set,
     length_similarity,
     mixed_similarity,
@@ -35,8 +36,23 @@ from jisi_graph.state import JisiState
 
 
 def routing_scores(state: JisiState, context: JisiContext, resources: Resources) -> dict[str, Any]:
-    """R per model from the answered probes; query similarity alone if no probe answered."""
+    """R per model from the answered probes; query similarity alone if no probe answered.
+
+    With a cost weight, R has each model's expected cost on the support set folded in. When
+    probing was skipped or the candidates come from the support set, the ranking is P's.
+    """
     bank = resources.bank
+    probing = state.get("probing") or {}
+    if probing.get("skipped") or context.candidate_source == "support":
+        # candidates straight from the support-set ranking (cost term included)
+        return {
+            "models": list(bank.models),
+            "scores": list(state.get("support_ranking") or state["support_scores"]),
+            "filtered_size": 0,
+            "rounds": 0,
+            "source": "support",
+            "note": probing.get("reason"),
+        }
     rows = np.asarray(state["support"], dtype=np.int64)
     query_sims = np.asarray(state["support_sims"], dtype=np.float64)
     probes = [call for call in calls_of(state) if call.role == "probe" and call.ok]
@@ -57,14 +73,20 @@ def routing_scores(state: JisiState, context: JisiContext, resources: Resources)
         mixed = query_sims
         note = "no probe answered: routing scored on query similarity alone"
     kept = filtered_set(mixed, context.subset_p)
-    scores = weighted_model_scores(mixed[kept], bank.scores[rows[kept]])
-    return {
+    quality = weighted_model_scores(mixed[kept], bank.scores[rows[kept]])
+    expected = to_array(state.get("expected_costs") or [None] * len(bank.models))
+    scores = cost_aware_scores(quality, expected, context.cost_weight, resources.active)
+    routing: dict[str, Any] = {
         "models": list(bank.models),
         "scores": to_optional_floats(scores),
         "filtered_size": int(len(kept)),
         "rounds": 0,
+        "source": "mixed",
         "note": note,
     }
+    if context.cost_weight > 0:
+        routing["quality_scores"] = to_optional_floats(quality)
+    return routing
 
 
 def make_route(provider: ResourceProvider) -> Callable[..., dict[str, Any]]:
@@ -72,7 +94,7 @@ def make_route(provider: ResourceProvider) -> Callable[..., dict[str, Any]]:
 
     def route(state: JisiState, runtime: Runtime[JisiContext]) -> dict[str, Any]:
         """Rank the candidates by R and list the ones still to be asked."""
-        context = context_of(runtime)
+        context = context_of(runtime, state)
         resources = provider(context)
         routing = dict(state.get("routing") or {})
         if "scores" not in routing:
@@ -82,7 +104,8 @@ def make_route(provider: ResourceProvider) -> Callable[..., dict[str, Any]]:
         models = resources.bank.models
         eligible = resources.active & np.array([m not in failed for m in models], dtype=bool)
         ranked = [models[i] for i in rank_models(to_array(routing["scores"]), eligible)]
-        candidates = ranked[: context.top_k]
+        direct = bool((state.get("probing") or {}).get("skipped"))
+        candidates = ranked[: 1 if direct else context.top_k]
         pending = [m for m in candidates if m not in have_answer]
         if pending and routing["rounds"] >= context.max_candidate_rounds:
             candidates = [m for m in candidates if m in have_answer]

@@ -19,7 +19,7 @@ def make_score_aggregators(provider: ResourceProvider) -> Callable[..., dict[str
 
     def score_aggregators(state: JisiState, runtime: Runtime[JisiContext]) -> dict[str, Any]:
         """Score every allowed aggregator on the support set (METHOD.md section 2)."""
-        context = context_of(runtime)
+        context = context_of(runtime, state)
         resources = provider(context)
         models = resources.bank.models
         scores = aggregator_scores(

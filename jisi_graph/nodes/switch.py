@@ -46,8 +46,18 @@ def _bank_order(state: JisiState) -> Sequence[str]:
 
 
 def dispatch_probes(state: JisiState) -> list[Send] | Literal["finalize"]:
-    """Send each probe to `generate` as its own branch; no probe at all goes to `finalize`."""
+    """Send each probe to `generate` as its own branch; no probe at all goes to `finalize`.
+
+    When adaptive probing skipped the probes, the clear leader is asked alone, as a candidate.
+    """
     probes = state.get("probes") or []
+    leader = (state.get("probing") or {}).get("model")
+    if not probes and leader:
+        return [
+            Send(
+                "generate", GenerateTask(model=leader, role="candidate", messages=state["messages"])
+            )
+        ]
     if not probes:
         return "finalize"
     return [
@@ -59,7 +69,9 @@ def dispatch_probes(state: JisiState) -> list[Send] | Literal["finalize"]:
 def switch(state: JisiState, runtime: Runtime[JisiContext]) -> Literal["aggregate", "finalize"]:
     """The adaptive switch: aggregate the close candidates, or route to the top one."""
     return (
-        "aggregate" if plan_switch(state, context_of(runtime)).mode == "aggregate" else "finalize"
+        "aggregate"
+        if plan_switch(state, context_of(runtime, state)).mode == "aggregate"
+        else "finalize"
     )
 
 
