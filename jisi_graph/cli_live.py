@@ -126,6 +126,9 @@ def replay_serve(
     split: Annotated[
         str | None, typer.Option(help="Only rows of this split (default: all rows)")
     ] = None,
+    models: Annotated[
+        str | None, typer.Option(help="Comma-separated models to serve (default: every one)")
+    ] = None,
     write_pool: Annotated[
         Path | None,
         typer.Option(help="Also write a pool file (YAML) of the served models, priced as recorded"),
@@ -140,18 +143,19 @@ def replay_serve(
     from jisi_graph.replay_server import create_replay_app
 
     try:
-        rows = load_rows(data, split=split)
+        chosen = [name.strip() for name in models.split(",") if name.strip()] if models else None
+        rows = load_rows(data, split=split, models=chosen)
     except (BankFormatError, FileNotFoundError) as error:
         fail(str(error))
-    models = list(dict.fromkeys(name for row in rows for name in row.raw_output))
-    app = create_replay_app(ReplayTable(rows), models)
+    served = chosen or list(dict.fromkeys(name for row in rows for name in row.raw_output))
+    app = create_replay_app(ReplayTable(rows), served)
     if write_pool is not None:
         from jisi_graph.recorded_prices import write_replay_pool
 
-        write_replay_pool(write_pool, f"http://{host}:{port}/v1", rows, models)
-        typer.echo(f"wrote the pool file {write_pool} ({len(models)} models)", err=True)
+        write_replay_pool(write_pool, f"http://{host}:{port}/v1", rows, served)
+        typer.echo(f"wrote the pool file {write_pool} ({len(served)} models)", err=True)
     typer.echo(
-        f"replaying {len(rows)} rows as {len(models)} models on http://{host}:{port}/v1", err=True
+        f"replaying {len(rows)} rows as {len(served)} models on http://{host}:{port}/v1", err=True
     )
     uvicorn.run(app, host=host, port=port, log_level="warning")
 

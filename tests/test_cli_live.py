@@ -255,3 +255,47 @@ def test_bad_set_of_serve_is_refused(tmp_path: Path) -> None:
     )
     assert result.exit_code == 2
     assert "error: invalid --set: top_k" in result.output
+
+
+# ------------------------------------------------------------------------------------------
+# The README's walkthrough: replay-serve writes the pool, ask uses it
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_replay_serve_writes_a_pool_that_ask_can_use(
+    data_file: Path, real_bank_dir: Path, real_test_rows: list[BankRow], local: Any, tmp_path: Path
+) -> None:
+    from live_servers import start_server
+
+    from jisi_graph.pool import load_pool_spec
+
+    pool_path = tmp_path / "replay-pool.yaml"
+    server = start_server(
+        "replay-serve-pool",
+        lambda port: jisi(
+            "replay-serve",
+            "--data",
+            str(data_file),
+            "--split",
+            "test",
+            "--models",
+            ",".join(REAL_MODELS),
+            "--write-pool",
+            str(pool_path),
+            "--port",
+            str(port),
+        ),
+        log_dir=tmp_path,
+        env=child_env(),
+    )
+    try:
+        spec = load_pool_spec(pool_path)
+        assert [m.name for m in spec.models] == list(REAL_MODELS)
+        assert {m.base_url for m in spec.models} == {server.base_url}
+        question = real_test_rows[2].query
+        done = run("ask", question, "--bank", str(real_bank_dir), "--pool", str(pool_path))
+        assert done.returncode == 0, done.stderr
+        assert done.stdout == local.invoke({"query": question})["answer"] + "\n"
+    finally:
+        server.stop()
