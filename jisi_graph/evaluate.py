@@ -22,8 +22,10 @@ from pydantic import ValidationError
 from jisi_graph.bank.loaders import load_rows
 from jisi_graph.bank.schema import BankRow
 from jisi_graph.bank.store import Bank
+from jisi_graph.baselines.avengers_pro import avengers_pro_outcomes
 from jisi_graph.context import JisiContext
 from jisi_graph.embedding import Embedder, load_embedder
+from jisi_graph.embedding_cache import embed_queries, with_cache
 from jisi_graph.report import EvalReport, RowResult
 from jisi_graph.scoring import run_statistics, score_methods, summarise_methods
 from jisi_graph.state import Decision
@@ -180,6 +182,7 @@ def evaluate(
     reference_models = check_references(rows, references)
     if embedder is None:
         embedder = load_embedder(loaded.manifest.embedder.id)
+    embedder = with_cache(embedder)
     graph = build_graph(Resources(loaded, embedder, replay_pool(rows, pool_models)))
     started = time.perf_counter()
     runs = run_graph(graph, rows, context, concurrency=concurrency, progress=progress)
@@ -189,6 +192,8 @@ def evaluate(
     outcomes = score_methods(
         rows, decisions, pool_models, references=reference_models, bank_ability=ability
     )
+    queries = embed_queries(embedder, [row.query for row in rows])  # cached by the graph's run
+    outcomes["avengers-pro"] = avengers_pro_outcomes(loaded, pool_models, rows, queries)
     statistics = run_statistics(decisions)
     statistics["row_errors"] = sum(run.decision is None for run in runs)
     return EvalReport(

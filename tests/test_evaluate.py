@@ -498,7 +498,10 @@ def test_evaluate_end_to_end(tiny_bank: Path, embedder: Any, tmp_path: Path) -> 
         "random",
         *(f"single:{m}" for m in TINY_MODELS),
         f"reference:{reference}",
+        "avengers-pro",
     }
+    assert report.methods["avengers-pro"].extra["picks"]
+    assert set(report.methods["avengers-pro"].extra["picks"]) <= set(TINY_MODELS)
     for model in [*TINY_MODELS, reference]:
         name = f"single:{model}" if model in TINY_MODELS else f"reference:{model}"
         result = report.methods[name]
