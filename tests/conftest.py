@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import threading
 import time
 from collections import Counter
@@ -36,12 +37,12 @@ from jisi_graph.bank.store import Bank
 from jisi_graph.embedding import Embedder, load_embedder
 from jisi_graph.pool import ModelSpec, Pool
 
-DATA_FILE = (
-    Path(__file__).resolve().parents[1].parent
-    / "shared"
-    / "data"
-    / ("zeroeval_gsm8k_math.jsonl.gz")
+SHARED_DATA = Path(
+    os.environ.get("JISI_DATA_DIR")
+    or Path(__file__).resolve().parents[1].parent / "shared" / "data"
 )
+"""The shared data, where it lies: ../shared/data beside the repository, or $JISI_DATA_DIR."""
+DATA_FILE = SHARED_DATA / "zeroeval_gsm8k_math.jsonl.gz"
 REAL_MODELS = ("o1-mini-2024-09-12", "gpt-4o-2024-08-06", "gemma-2-2b-it")
 REAL_TRAIN_ROWS = 40
 REAL_TEST_ROWS = 3

@@ -6,6 +6,7 @@ from typing import Any
 
 import huggingface_hub
 import pytest
+from conftest import SHARED_DATA
 
 from jisi_graph.bank.loaders import (
     file_sha256,
@@ -15,8 +16,6 @@ from jisi_graph.bank.loaders import (
     parse_hf_uri,
 )
 from jisi_graph.bank.schema import BankFormatError
-
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 def make_row(i: int = 0, split: str | None = "train", **overrides: Any) -> dict[str, Any]:

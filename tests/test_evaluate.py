@@ -8,6 +8,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from conftest import SHARED_DATA
 from typer.testing import CliRunner
 
 from jisi_graph.bank.schema import BankRow
@@ -44,7 +45,6 @@ from jisi_graph.scoring import (
 )
 from jisi_graph.state import Candidate, Decision, ModelCall
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 ZEROEVAL = SHARED_DATA / "zeroeval_gsm8k_math.jsonl.gz"
 POOL = ["A", "B", "C"]
 

@@ -6,12 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import DATA_FILE
 
 from jisi_graph.bank.loaders import load_rows
 from jisi_graph.pool import load_pool_spec
 from jisi_graph.recorded_prices import fit_prices, recorded_prices, write_replay_pool
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "zeroeval_gsm8k_math.jsonl.gz"
+DATA = DATA_FILE
 
 
 def test_fit_recovers_known_prices() -> None:

@@ -6,9 +6,9 @@ import dataclasses
 import gzip
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
+from conftest import SHARED_DATA
 
 from jisi_graph.voting import (
     MIN_CONSISTENCY,
@@ -22,7 +22,7 @@ from jisi_graph.voting import (
     vote,
 )
 
-DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA_DIR = SHARED_DATA
 
 # --------------------------------------------------------------------------------------------
 # extract_answer
