@@ -148,6 +148,16 @@ def eval_command(
         list[str] | None,
         typer.Option("--set", help="Override a JisiContext knob: KNOB=VALUE (repeatable)"),
     ] = None,
+    sweep: Annotated[
+        bool, typer.Option("--sweep", help="Sweep each method's knob; plot accuracy vs cost")
+    ] = False,
+    sweep_grid: Annotated[
+        list[str] | None,
+        typer.Option(help="JiSi sweep axis KNOB=V1,V2,... (repeatable: product; default: cost)"),
+    ] = None,
+    alphas: Annotated[
+        str | None, typer.Option(help="Avengers-Pro alphas for --sweep (default 0 to 1 by 0.05)")
+    ] = None,
 ) -> None:
     """Run the graph on held-out rows with replayed answers; score JiSi and the baselines."""
     from jisi_graph.bank.manifest import BankMismatchError
@@ -159,8 +169,29 @@ def eval_command(
         fail("--limit must be at least 1")
     if concurrency < 1:
         fail("--concurrency must be at least 1")
+    if not sweep and (sweep_grid or alphas is not None):
+        fail("--sweep-grid and --alphas only apply with --sweep")
     try:
         overrides = parse_overrides(knobs or [])
+        if sweep:
+            from jisi_graph.cli_sweep import run_sweep_command
+
+            return run_sweep_command(
+                data=data,
+                bank=bank,
+                split=split,
+                pool=_split_names(pool),
+                references=_split_names(references) or [],
+                limit=limit,
+                concurrency=concurrency,
+                overrides=overrides,
+                grid_items=sweep_grid or [],
+                alphas=alphas,
+                json_out=json_out,
+                markdown=markdown,
+                plot=plot,
+                rows_out=rows_out,
+            )
         report = evaluate(
             data,
             bank,
