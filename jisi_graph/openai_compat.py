@@ -64,6 +64,12 @@ def to_langchain(messages: Sequence[Any]) -> list[BaseMessage]:
         role, content = message.get("role"), content_text(message.get("content"))
         if content is None:
             raise ApiError(400, f"messages[{position}].content must be text")
+        try:
+            content.encode("utf-8")
+        except UnicodeEncodeError:  # a JSON escape of a lone surrogate, e.g. "\ud800"
+            raise ApiError(
+                400, f"messages[{position}].content is not valid Unicode (a lone surrogate)"
+            ) from None
         if role == "assistant":
             converted.append(AIMessage(content=content))
         elif role in ROLES:

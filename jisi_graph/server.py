@@ -3,7 +3,16 @@
 `POST /v1/chat/completions` (streaming and not) runs the graph on the request's messages and
 answers in the OpenAI format, with the usage of every call JiSi made and a `jisi` field holding
 the decision's summary (the whole decision when the request sets `"jisi_decision": true`).
-`GET /v1/models` lists `jisi`. Errors come back as OpenAI error bodies.
+`GET /v1/models` lists `jisi`. Errors come back as OpenAI error bodies: 400 for a request that
+cannot be answered (checked before the graph runs), 401 without the bearer token, 413 for a body
+over the cap, 502 when no model of the pool answered (naming each one's failure), 500 for
+anything else (its class only, never its message).
+
+Streaming and a broken aggregator: tokens already sent cannot be taken back. When the
+aggregator's stream breaks off (or a retry of it starts over) and another attempt or the routed
+answer follows, the stream sends a visible notice (`RESTART_NOTICE`) and a chunk whose `jisi`
+field is `{"restart": {"discard_chars": N, "reason": ...}}`: the answer is the streamed content
+after its first N characters. The final chunk's summary lists the failures.
 """
 
 from __future__ import annotations
@@ -23,12 +32,14 @@ from langgraph.graph.state import CompiledStateGraph
 
 from jisi_graph.context import JisiContext
 from jisi_graph.nodes.common import JisiInputError
+from jisi_graph.nodes.embed import MAX_QUERY_CHARS
 from jisi_graph.openai_compat import (
     DONE,
     ApiError,
     chunk,
     completion,
     completion_id,
+    last_user_text,
     parse_request,
     to_langchain,
     usage_block,
@@ -38,6 +49,7 @@ MODEL_NAME = "jisi"
 DEFAULT_MAX_BODY_BYTES = 2_000_000
 DEFAULT_MAX_MESSAGES = 256
 WORKER_THREADS = 64
+RESTART_NOTICE = "\n\n[jisi: the answer above broke off; the full answer follows]\n\n"
 
 
 def create_app(
@@ -64,6 +76,11 @@ def create_app(
     async def api_error(_request: Request, error: ApiError) -> JSONResponse:
         return JSONResponse(error.body(), status_code=error.status)
 
+    @app.exception_handler(Exception)
+    async def unexpected(_request: Request, error: Exception) -> JSONResponse:
+        failure = ApiError(500, f"JiSi failed: {type(error).__name__}", "server_error")
+        return JSONResponse(failure.body(), status_code=500)
+
     def authorise(request: Request) -> None:
         if token is None:
             return
@@ -89,6 +106,11 @@ def create_app(
             await request.body(), max_bytes=max_body_bytes, max_messages=max_messages
         )
         messages = to_langchain(body["messages"])
+        query = last_user_text(body["messages"]) or ""
+        if len(query) > MAX_QUERY_CHARS:
+            raise ApiError(
+                400, f"the query is {len(query)} characters long; at most {MAX_QUERY_CHARS}"
+            )
         want_decision = bool(body.get("jisi_decision"))
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
@@ -126,7 +148,9 @@ async def _stream(
 ) -> AsyncIterator[str]:
     chunk_id = completion_id()
     yield chunk(chunk_id, MODEL_NAME, role="assistant", content="")
-    streamed: list[str] = []
+    sent_chars = 0  # content characters sent so far
+    attempt_id: str | None = None  # the aggregator reply being streamed
+    attempt: list[str] = []  # its text so far
     final: dict[str, Any] = {}
     try:
         async for mode, payload in graph.astream(
@@ -136,13 +160,20 @@ async def _stream(
                 final = payload
                 continue
             message, metadata = payload
-            if metadata.get("langgraph_node") == "aggregate" and isinstance(
+            if metadata.get("langgraph_node") != "aggregate" or not isinstance(
                 message, AIMessageChunk
             ):
-                text = message.text
-                if text:
-                    streamed.append(text)
-                    yield chunk(chunk_id, MODEL_NAME, content=text)
+                continue
+            if message.id != attempt_id:
+                if attempt:  # another attempt starts over: the one streamed so far broke off
+                    sent_chars += len(RESTART_NOTICE)
+                    yield _restart(chunk_id, sent_chars, "the aggregator's reply broke off")
+                attempt_id, attempt = message.id, []
+            text = message.text
+            if text:
+                attempt.append(text)
+                sent_chars += len(text)
+                yield chunk(chunk_id, MODEL_NAME, content=text)
     except JisiInputError as error:
         yield _error_event(400, str(error))
         return
@@ -150,18 +181,29 @@ async def _stream(
         yield _error_event(500, f"JiSi failed: {type(error).__name__}")
         return
     if final.get("error"):
+        if attempt:
+            sent_chars += len(RESTART_NOTICE)
+            yield _restart(chunk_id, sent_chars, "no model answered")
         yield _error_event(502, f"JiSi could not answer: {final['error']}")
         return
     answer = final.get("answer", "")
-    sent = "".join(streamed)
-    if sent != answer:
-        # Routed or voted (nothing streamed), or an aggregator's stream broke and another
-        # aggregator answered: the final answer follows in full.
-        yield chunk(chunk_id, MODEL_NAME, content=f"\n\n{answer}" if sent else answer)
+    if "".join(attempt) != answer:
+        # Routed or voted (nothing streamed), or every aggregator's stream broke off and the
+        # top candidate's answer follows in full.
+        if attempt:
+            sent_chars += len(RESTART_NOTICE)
+            yield _restart(chunk_id, sent_chars, "every aggregator failed: routed")
+        yield chunk(chunk_id, MODEL_NAME, content=answer)
     yield chunk(chunk_id, MODEL_NAME, finish="stop", extra={"jisi": _summary(final, want_decision)})
     if include_usage:
         yield chunk(chunk_id, MODEL_NAME, usage=_usage(final))
     yield DONE
+
+
+def _restart(chunk_id: str, discard_chars: int, reason: str) -> str:
+    """The notice that the streamed answer starts over, for people and for programs."""
+    restart = {"discard_chars": discard_chars, "reason": reason}
+    return chunk(chunk_id, MODEL_NAME, content=RESTART_NOTICE, extra={"jisi": {"restart": restart}})
 
 
 def _error_event(status: int, message: str) -> str:

@@ -13,6 +13,10 @@ from jisi_graph.nodes.common import JisiInputError, context_of, emit
 from jisi_graph.resources import ResourceProvider
 from jisi_graph.state import JisiState
 
+MAX_QUERY_CHARS = 200_000
+"""The longest query accepted (about 50k tokens): far above any prompt of the shared data (under
+3k characters), far below 1 MB; longer texts would only overflow the models' windows."""
+
 FRESH_RUN: dict[str, Any] = {
     "calls": None,
     "routing": {},
@@ -27,6 +31,9 @@ FRESH_RUN: dict[str, Any] = {
 def read_query(state: JisiState) -> tuple[str, list[dict[str, str]]]:
     """The text to route and the new messages to add (the user turn of a string query).
 
+    Refused with a `JisiInputError`: no query, an empty or blank one, one longer than
+    `MAX_QUERY_CHARS`, messages without a user turn.
+
     The user turn is returned as a message dict, which `add_messages` makes a HumanMessage:
     LangGraph's "messages" stream re-emits the message objects a node returns, and the
     question must not come back on that stream as if it were the answer.
@@ -35,7 +42,7 @@ def read_query(state: JisiState) -> tuple[str, list[dict[str, str]]]:
     if query is not None:
         if not isinstance(query, str) or not query.strip():
             raise JisiInputError("the query is empty: send a question in 'query' or 'messages'")
-        return query, [{"role": "user", "content": query}]
+        return check_length(query), [{"role": "user", "content": query}]
     messages = state.get("messages") or []
     if not messages:
         raise JisiInputError("no input: give a 'query' string or a list of 'messages'")
@@ -44,8 +51,17 @@ def read_query(state: JisiState) -> tuple[str, list[dict[str, str]]]:
             text = message.text if isinstance(message.content, list) else message.content
             if not isinstance(text, str) or not text.strip():
                 raise JisiInputError("the last user message is empty")
-            return text, []
+            return check_length(text), []
     raise JisiInputError("the messages hold no user turn to answer")
+
+
+def check_length(query: str) -> str:
+    """`query`, or a `JisiInputError` if it is longer than `MAX_QUERY_CHARS`."""
+    if len(query) > MAX_QUERY_CHARS:
+        raise JisiInputError(
+            f"the query is {len(query)} characters long; at most {MAX_QUERY_CHARS}"
+        )
+    return query
 
 
 def make_embed(provider: ResourceProvider) -> Callable[..., dict[str, Any]]:
