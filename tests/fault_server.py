@@ -66,7 +66,7 @@ class Request:
 
     model: str
     body: dict[str, Any]
-    headers: dict[str, str]
+    headers: dict[str, str]  # names in lower case
     at: float = field(default_factory=time.monotonic)
 
 
@@ -161,7 +161,8 @@ class FaultServer:
         """Answer one chat-completions request as its model's behaviour says."""
         model = str(body.get("model"))
         with self._lock:
-            self.requests.append(Request(model, body, dict(handler.headers.items())))
+            headers = {key.lower(): value for key, value in handler.headers.items()}
+            self.requests.append(Request(model, body, headers))
             self.counts[model] += 1
         messages = body.get("messages") or [{}]
         aggregating = messages[0].get("role") == "system"

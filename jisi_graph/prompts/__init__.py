@@ -12,7 +12,12 @@ from collections.abc import Sequence
 from importlib.resources import files
 from pathlib import Path
 
-_TAG_LIKE = re.compile(r"<(\s*/?\s*model[\s_-]*\d*[\s_-]*response)", re.IGNORECASE)
+_SEP = r"(?:[^\w>]|_)*"  # anything between the words but a letter, a digit or '>'
+_TAG_LIKE = re.compile(
+    rf"(?:<|\uff1c|&lt;|&#0*60;|&#x0*3c;)(\s*/?{_SEP}model{_SEP}\d*{_SEP}response)",
+    re.IGNORECASE,
+)
+"""An opening or closing response tag, however spaced, separated, cased or HTML-escaped."""
 
 
 def read_prompt(name: str, override_dir: str | Path | None = None) -> str:
@@ -25,7 +30,10 @@ def read_prompt(name: str, override_dir: str | Path | None = None) -> str:
 
 
 def neutralise(answer: str) -> str:
-    """The answer with every response-tag look-alike defused (its '<' becomes '‹')."""
+    """The answer with every response-tag look-alike defused (its '<' becomes '‹').
+
+    Only tag look-alikes change: other '<' (code, maths) are left as they are.
+    """
     return _TAG_LIKE.sub(lambda match: "‹" + match.group(1), answer)
 
 
