@@ -146,11 +146,24 @@ def test_progress_events_when_aggregating(path_bank: tuple[Bank, Embedder]) -> N
     middle = names(events)[3:9]
     assert sorted(middle) == ["model_answered"] * 3 + ["model_called"] * 3
     check_model_events(events, decision)
-    assert names(events)[9:] == ["candidates", "aggregation_started", "aggregated", "finished"]
+    assert names(events)[9:] == [
+        "candidates",
+        "switched",
+        "aggregation_started",
+        "aggregated",
+        "finished",
+    ]
     assert events[9] == {"event": "candidates", "models": ["A", "B", "C"]}
-    assert events[10] == {"event": "aggregation_started", "method": "llm", "models": ["A", "B"]}
-    assert events[11] == {"event": "aggregated", "aggregator": "A"}
-    assert events[12] == {
+    assert events[10] == {
+        "event": "switched",
+        "mode": "aggregate",
+        "n": decision["switch_n"],
+        "candidates": ["A", "B", "C"],
+    }
+    assert decision["switch_n"] == 2
+    assert events[11] == {"event": "aggregation_started", "method": "llm", "models": ["A", "B"]}
+    assert events[12] == {"event": "aggregated", "aggregator": "A"}
+    assert events[13] == {
         "event": "finished",
         "mode": "aggregate",
         "answer_source": "A",
@@ -165,6 +178,8 @@ def test_progress_events_when_routing(path_bank: tuple[Bank, Embedder]) -> None:
     assert "aggregation_started" not in names(events)
     assert "aggregated" not in names(events)
     assert only(events, "candidates")["models"] == ["A", "B", "C"]
+    switched = only(events, "switched")
+    assert switched["mode"] == "route" and switched["n"] == final["decision"]["switch_n"] < 2
     assert events[-1] == {
         "event": "finished",
         "mode": "route",
@@ -310,7 +325,13 @@ def test_async_stream_gives_the_same_events_and_tokens(path_bank: tuple[Bank, Em
     events, text, final = asyncio.run(collect())
     assert text == final["answer"] == "merged answer written by A"
     assert events[:3] == ["embedded", "neighbours", "probes"]
-    assert events[-4:] == ["candidates", "aggregation_started", "aggregated", "finished"]
+    assert events[-5:] == [
+        "candidates",
+        "switched",
+        "aggregation_started",
+        "aggregated",
+        "finished",
+    ]
 
 
 # ------------------------------------------------------------------------------------------

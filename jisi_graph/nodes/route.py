@@ -22,6 +22,7 @@ from jisi_graph.nodes.common import (
     to_array,
     to_optional_floats,
 )
+from jisi_graph.nodes.switch import plan_switch
 from jisi_graph.resources import ResourceProvider, Resources
 from jisi_graph.routing import (
     cost_aware_scores,
@@ -114,6 +115,9 @@ def make_route(provider: ResourceProvider) -> Callable[..., dict[str, Any]]:
             routing["rounds"] += 1
             emit("candidates_called", models=pending)
         emit("candidates", models=candidates)
+        if not pending:
+            plan = plan_switch({**state, "routing": routing, "candidates": candidates}, context)
+            emit("switched", mode=plan.mode, n=plan.n, candidates=plan.members)
         return {"routing": routing, "candidates": candidates, "pending": pending}
 
     return route
