@@ -13,6 +13,7 @@ from typing import Annotated
 
 import typer
 
+from jisi_graph.cli_calibrate import register as register_calibrate_command
 from jisi_graph.cli_live import register as register_live_commands
 
 app = typer.Typer(
@@ -49,6 +50,13 @@ def bank_build(
     embedder: Annotated[
         str | None, typer.Option(help="Embedder: a Hub id or local path (default: bundled MiniLM)")
     ] = None,
+    embedder_runtime: Annotated[
+        str | None,
+        typer.Option(
+            help="Embedder runtime: openvino (default, fastest), torch-bf16 or torch (float32); "
+            "default: $JISI_EMBEDDER_RUNTIME, else openvino"
+        ),
+    ] = None,
     votable: Annotated[
         str | None, typer.Option(help="Datasets whose answers can be voted on (comma-separated)")
     ] = None,
@@ -79,7 +87,10 @@ def bank_build(
     if unknown:
         fail(f"--votable/--not-votable name datasets not in the data: {', '.join(unknown)}")
     typer.echo(f"{len(rows)} {split} rows from {data}; loading the embedder...", err=True)
-    model = load_embedder(embedder)
+    try:
+        model = load_embedder(embedder, runtime=embedder_runtime)
+    except ValueError as error:
+        fail(str(error))
     local = Path(data)
     source = SourceRecord(
         path=str(local.resolve()) if local.exists() else data,
@@ -99,7 +110,7 @@ def bank_build(
     typer.echo(
         f"bank written to {target}: {manifest.rows} rows, {len(manifest.models)} models, "
         f"{manifest.answers} answers ({manifest.distinct_texts} distinct texts embedded) "
-        f"in {elapsed:.1f} s; votable: "
+        f"in {elapsed:.1f} s with the {model.runtime} runtime; votable: "
         + ", ".join(f"{name}={flag}" for name, flag in manifest.votable.items())
     )
 
@@ -158,6 +169,12 @@ def eval_command(
     alphas: Annotated[
         str | None, typer.Option(help="Avengers-Pro alphas for --sweep (default 0 to 1 by 0.05)")
     ] = None,
+    uncalibrated: Annotated[
+        bool,
+        typer.Option(
+            "--uncalibrated", help="Ignore the bank's calibration: the paper's configuration"
+        ),
+    ] = False,
 ) -> None:
     """Run the graph on held-out rows with replayed answers; score JiSi and the baselines."""
     from jisi_graph.bank.manifest import BankMismatchError
@@ -173,6 +190,8 @@ def eval_command(
         fail("--sweep-grid and --alphas only apply with --sweep")
     try:
         overrides = parse_overrides(knobs or [])
+        if uncalibrated:
+            overrides["calibrated"] = "false"
         if sweep:
             from jisi_graph.cli_sweep import run_sweep_command
 
@@ -213,6 +232,13 @@ def eval_command(
         f"{100 * stats.get('routed_fraction', 0):.1f}%, {stats.get('mean_calls', 0):.2f} calls "
         f"per row, {stats.get('failures', 0)} failed calls, {stats.get('error_rows', 0)} error rows"
     )
+    calibrated = report.run.get("calibrated_knobs") or {}
+    typer.echo(
+        "knobs from the bank's calibration: "
+        + ", ".join(f"{knob}={value}" for knob, value in calibrated.items())
+        if calibrated
+        else f"no calibrated knobs: {report.run.get('calibration')}"
+    )
     for path, writer in (
         (json_out, write_json),
         (markdown, lambda r, p: Path(p).write_text(render_markdown(r), encoding="utf-8")),
@@ -225,6 +251,7 @@ def eval_command(
 
 
 register_live_commands(app)
+register_calibrate_command(app)
 
 
 def main() -> None:

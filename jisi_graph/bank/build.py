@@ -91,7 +91,9 @@ def build_bank(
     decided.update({name: bool(flag) for name, flag in (votable or {}).items() if name in decided})
     has_agg = bool(np.any(~np.isnan(agg_scores)))
     manifest = BankManifest(
-        embedder=EmbedderRecord(id=embedder.id, dim=dim, window=embedder.window),
+        embedder=EmbedderRecord(
+            id=embedder.id, dim=dim, window=embedder.window, runtime=embedder.runtime
+        ),
         models=model_names,
         datasets=datasets,
         rows=n,

@@ -23,6 +23,11 @@ class EmbedderRecord(BaseModel):
     dim: int
     window: int | None = Field(description="Tokens kept per text (its last ones); None: unknown")
     truncation: str = "left"
+    runtime: str = Field(
+        default="torch",
+        description="Runtime that embedded the bank (torch, torch-bf16, openvino); not checked "
+        "at load: every runtime of the same model gives the same vectors to about 1e-4",
+    )
 
 
 class SourceRecord(BaseModel):

@@ -1,0 +1,174 @@
+"""Embedder runtimes: choosing one, the OpenVINO batching helpers, agreement with the float32
+reference, and the runtime recorded in a bank's manifest."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import fake_embedder, make_row, synthetic_source
+from typer.testing import CliRunner
+
+from jisi_graph import embedding
+from jisi_graph.bank.build import build_bank, write_bank
+from jisi_graph.bank.manifest import MANIFEST_NAME
+from jisi_graph.bank.store import Bank
+from jisi_graph.cli import app
+from jisi_graph.embedding import (
+    DEFAULT_EMBEDDER_ID,
+    RUNTIME_ENV,
+    Embedder,
+    embedder_cache_dir,
+    length_batches,
+    load_embedder,
+    pad_batch,
+    resolve_runtime,
+)
+
+# ------------------------------------------------------------------------------------------
+# Choosing a runtime
+# ------------------------------------------------------------------------------------------
+
+
+def test_resolve_runtime_explicit_then_environment_then_default(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv(RUNTIME_ENV, raising=False)
+    assert resolve_runtime("torch") == "torch"
+    assert resolve_runtime("torch-bf16") == "torch-bf16"
+    assert resolve_runtime(None) == "openvino"  # openvino is installed with the package
+    monkeypatch.setenv(RUNTIME_ENV, "torch-bf16")
+    assert resolve_runtime(None) == "torch-bf16"
+    assert resolve_runtime("openvino") == "openvino"  # the argument wins over the environment
+
+
+def test_resolve_runtime_refuses_an_unknown_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ValueError, match=r"unknown embedder runtime 'onnx'; choose one of torch"):
+        resolve_runtime("onnx")
+    monkeypatch.setenv(RUNTIME_ENV, "fast")
+    with pytest.raises(ValueError, match="unknown embedder runtime 'fast'"):
+        resolve_runtime(None)
+
+
+def test_default_falls_back_to_torch_without_openvino(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(RUNTIME_ENV, raising=False)
+    monkeypatch.setattr(embedding.importlib.util, "find_spec", lambda name: None)
+    assert resolve_runtime(None) == "torch"
+    assert resolve_runtime("openvino") == "openvino"  # asked for explicitly: not replaced
+
+
+def test_cache_dir_follows_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("JISI_CACHE_DIR", str(tmp_path / "c"))
+    assert embedder_cache_dir() == tmp_path / "c" / "embedders"
+    monkeypatch.delenv("JISI_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "x"))
+    assert embedder_cache_dir() == tmp_path / "x" / "jisi_graph" / "embedders"
+
+
+# ------------------------------------------------------------------------------------------
+# Batching helpers
+# ------------------------------------------------------------------------------------------
+
+
+def test_pad_batch_pads_right_with_a_mask() -> None:
+    ids, mask, types = pad_batch([[101, 7, 102], [101, 102], [101, 5, 6, 102]], pad_id=0)
+    np.testing.assert_array_equal(ids, [[101, 7, 102, 0], [101, 102, 0, 0], [101, 5, 6, 102]])
+    np.testing.assert_array_equal(mask, [[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1]])
+    np.testing.assert_array_equal(types, np.zeros((3, 4)))
+    assert ids.dtype == mask.dtype == types.dtype == np.int64
+    empty_ids, empty_mask, _ = pad_batch([])
+    assert empty_ids.shape == empty_mask.shape == (0, 0)
+
+
+def test_length_batches_groups_by_length() -> None:
+    assert length_batches([5, 1, 9, 3, 7], 2) == [[1, 3], [0, 4], [2]]
+    assert length_batches([4, 4, 4], 5) == [[0, 1, 2]]  # ties keep their order
+    assert length_batches([], 3) == []
+    with pytest.raises(ValueError, match="batch_size must be at least 1, not 0"):
+        length_batches([1], 0)
+
+
+# ------------------------------------------------------------------------------------------
+# The runtime in the manifest
+# ------------------------------------------------------------------------------------------
+
+
+def test_bank_records_the_runtime_and_old_manifests_read_as_torch(tmp_path: Path) -> None:
+    rows = [make_row("q1", {"a": 1.0}), make_row("q2", {"a": 0.0})]
+    fake = fake_embedder({}, [1.0, 0.0])
+    fast = Embedder(embeddings=fake.embeddings, id=fake.id, window=None, runtime="openvino")
+    bank = build_bank(rows, fast, source=synthetic_source())
+    assert bank.manifest.embedder.runtime == "openvino"
+    write_bank(bank, tmp_path / "bank")
+    loaded = Bank.load(tmp_path / "bank", embedder_id=fake.id)
+    assert loaded.manifest.embedder.runtime == "openvino"
+    # a bank from before the field existed: the manifest has no runtime, it was torch
+    manifest = json.loads((tmp_path / "bank" / MANIFEST_NAME).read_text())
+    del manifest["embedder"]["runtime"]
+    (tmp_path / "bank" / MANIFEST_NAME).write_text(json.dumps(manifest))
+    assert Bank.load(tmp_path / "bank").manifest.embedder.runtime == "torch"
+    # the runtime is not part of the identity: a torch embedder may query an openvino bank
+    loaded.check_embedder(fake.id, 2)
+
+
+def test_cli_bank_build_refuses_an_unknown_runtime(tmp_path: Path) -> None:
+    data = tmp_path / "rows.jsonl"
+    data.write_text(json.dumps({"query": "q", "records": {"m": 1.0}, "raw_output": {"m": "a"}}))
+    result = CliRunner().invoke(
+        app,
+        ["bank", "build", str(data), "--out", str(tmp_path / "b"), "--embedder-runtime", "onnx"],
+    )
+    assert result.exit_code == 2
+    assert "unknown embedder runtime 'onnx'" in result.output
+    assert not (tmp_path / "b").exists()
+
+
+# ------------------------------------------------------------------------------------------
+# Real model: every runtime agrees with the float32 reference
+# ------------------------------------------------------------------------------------------
+
+TEXTS = [
+    "What is 2 + 2?",
+    "x",
+    "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips "
+    "in May. How many clips did Natalia sell altogether in April and May?",
+    "A much longer reasoning trace about apples " * 120 + " so the answer is 42.",
+]
+
+
+@pytest.fixture(scope="module")
+def reference() -> Embedder:
+    return load_embedder(runtime="torch")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("runtime", "least"), [("openvino", 0.9999), ("torch-bf16", 0.9995)])
+def test_runtime_agrees_with_float32(reference: Embedder, runtime: str, least: float) -> None:
+    fast = load_embedder(runtime=runtime)
+    assert (fast.id, fast.runtime, fast.window, fast.dim) == (
+        DEFAULT_EMBEDDER_ID,
+        runtime,
+        256,
+        384,
+    )
+    expected = reference.embed(TEXTS)
+    got = fast.embed(TEXTS)
+    assert got.shape == (4, 384) and got.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    cosines = (expected * got).sum(axis=1)
+    assert cosines.min() > least
+    # the query path agrees with the document path
+    assert float(fast.embed_one(TEXTS[2]) @ got[2]) > least
+
+
+@pytest.mark.slow
+def test_openvino_keeps_the_last_tokens(reference: Embedder) -> None:
+    fast = load_embedder(runtime="openvino")
+    words = [f"w{i % 97}" for i in range(400)]
+    long_text = "apple " * 300 + " ".join(words)
+    tail = fast.embed_one(long_text)
+    # the first 300 words are past the window: the reference (left truncation) agrees
+    assert float(tail @ reference.embed_one(long_text)) > 0.9999
+    assert float(tail @ fast.embed_one("apple " * 300)) < 0.5
