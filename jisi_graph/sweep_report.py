@@ -169,7 +169,7 @@ _CURVE_STYLE = {
 _POINT_STYLE = {
     "jisi": ("tab:red", "*", "JiSi (base run)"),
     "query-knn": ("tab:purple", "D", "query-kNN"),
-    "best-single-on-bank": ("black", "X", "best single on bank"),
+    "best-single-on-bank": ("black", "s", "best single on bank"),
 }
 _SINGLE_MARKERS = ["o", "v", "^", "<", ">", "p", "h", "8", "d", "P", "*", "H"]
 
@@ -221,9 +221,11 @@ def write_sweep_plot(report: SweepReport, path: str | Path) -> None:
             axes.scatter(
                 x(point),
                 100 * point.accuracy,
-                color=colour,
+                facecolors="none",
+                edgecolors=colour,
+                linewidths=1.5,
                 marker=marker,
-                s=90,
+                s=140,
                 zorder=4,
                 label=label,
             )
