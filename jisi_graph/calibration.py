@@ -31,6 +31,7 @@ CALIBRATED_KNOBS = (
     "top_k",
     "candidate_source",
     "cost_weight",
+    "support_k",
 )
 """The knobs `jisi calibrate` chooses; every other knob keeps its default."""
 

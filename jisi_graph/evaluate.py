@@ -23,6 +23,7 @@ from jisi_graph.bank.loaders import load_rows
 from jisi_graph.bank.schema import BankRow
 from jisi_graph.bank.store import Bank
 from jisi_graph.baselines.avengers_pro import avengers_pro_outcomes
+from jisi_graph.calibration import CalibrationError, apply_calibration
 from jisi_graph.context import JisiContext
 from jisi_graph.embedding import Embedder, load_embedder
 from jisi_graph.embedding_cache import embed_queries, with_cache
@@ -183,7 +184,14 @@ def evaluate(
     if embedder is None:
         embedder = load_embedder(loaded.manifest.embedder.id)
     embedder = with_cache(embedder)
-    graph = build_graph(Resources(loaded, embedder, replay_pool(rows, pool_models)))
+    try:
+        resources = Resources(loaded, embedder, replay_pool(rows, pool_models))
+    except CalibrationError as error:
+        raise EvalConfigError(str(error)) from None
+    context, calibrated_knobs, calibration_note = apply_calibration(
+        context, resources.calibration, pool_models
+    )
+    graph = build_graph(resources)
     started = time.perf_counter()
     runs = run_graph(graph, rows, context, concurrency=concurrency, progress=progress)
     wall = time.perf_counter() - started
@@ -210,6 +218,8 @@ def evaluate(
             "concurrency": concurrency,
             "wall_seconds": round(wall, 2),
             "context": context.model_dump(exclude=FIXED_KNOBS),
+            "calibrated_knobs": calibrated_knobs,
+            "calibration": calibration_note or "the bank's calibration.json",
             "embedder": embedder.id,
             "commit": git_commit(),
         },
