@@ -42,7 +42,13 @@ def jisi_macro(report: dict) -> float:
 
 
 def eval_once(
-    bank: Path, data: Path, pool: str, runtime: str | None, limit: int | None, scratch: Path
+    bank: Path,
+    data: Path,
+    pool: str,
+    runtime: str | None,
+    limit: int | None,
+    scratch: Path,
+    extra: Sequence[str] = (),
 ) -> dict[str, float]:
     """One measured `jisi eval`; wall times, rows, peak RSS and JiSi's macro accuracy."""
     report_path = scratch / "report.json"
@@ -52,6 +58,7 @@ def eval_once(
     )  # fmt: skip
     if limit is not None:
         argv += ["--limit", str(limit)]
+    argv += list(extra)
     run = run_measured(argv, env={"JISI_EMBEDDER_RUNTIME": runtime} if runtime else None)
     if run.code != 0:
         raise RuntimeError(f"jisi eval failed ({run.code}):\n{run.stderr[-2000:]}")
@@ -76,17 +83,29 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, float]]:
     parser.add_argument("--runtime", default=None, help="query-side embedder runtime")
     parser.add_argument("--repeats", type=int, default=3, help="runs")
     parser.add_argument("--limit", type=int, default=None, help="only the first N test rows")
+    parser.add_argument(
+        "--uncalibrated", action="store_true", help="pass --uncalibrated (the paper's knobs)"
+    )
     args = parser.parse_args(argv)
     if not (args.bank / "manifest.json").is_file():
         raise SystemExit(f"no bank at {args.bank}: build it first (make eval, or jisi bank build)")
     header("jisi eval: throughput and peak memory")
-    print(f"bank {args.bank}, data {args.data}, query runtime {args.runtime or 'default'}")
+    print(
+        f"bank {args.bank}, data {args.data}, query runtime {args.runtime or 'default'}"
+        + (", uncalibrated" if args.uncalibrated else "")
+    )
     runs = []
     with tempfile.TemporaryDirectory(prefix="jisi-bench-eval-") as scratch:
         for repeat in range(args.repeats):
             before = load_line()
             figures = eval_once(
-                args.bank, args.data, args.pool, args.runtime, args.limit, Path(scratch)
+                args.bank,
+                args.data,
+                args.pool,
+                args.runtime,
+                args.limit,
+                Path(scratch),
+                ["--uncalibrated"] if args.uncalibrated else [],
             )
             runs.append(figures)
             print(
