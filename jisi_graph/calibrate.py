@@ -64,6 +64,9 @@ PROBE_MARGINS: tuple[float | None, ...] = (None, 0.0, 0.05, 0.1, 0.15, 0.2, 0.3,
 TOP_KS = (1, 2, 3, 4, 5)
 SOURCES = ("mixed", "support")
 COST_WEIGHTS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+PROBING = ((False, 3), (True, 2), (True, 3))
+"""(stop_on_agreement, sample_n) pairs tried: the paper's three probes, or two or three probes
+that settle the query when they agree."""
 SUPPORT_KS = (50, 100, 200, 400, 0)
 """Support-set sizes tried for pure support-set routing (probe margin 0); 0 stands for the whole
 bank, where routing tends to the best single model on the bank."""
@@ -85,6 +88,8 @@ class Knobs:
     candidate_source: str
     cost_weight: float
     support_k: int = DEFAULTS.support_k
+    sample_n: int = DEFAULTS.sample_n
+    stop_on_agreement: bool = DEFAULTS.stop_on_agreement
 
     def as_dict(self) -> dict[str, Any]:
         """The knobs by JisiContext field name."""
@@ -103,6 +108,8 @@ PAPER_KNOBS = Knobs(
     candidate_source=DEFAULTS.candidate_source,
     cost_weight=DEFAULTS.cost_weight,
     support_k=DEFAULTS.support_k,
+    sample_n=DEFAULTS.sample_n,
+    stop_on_agreement=DEFAULTS.stop_on_agreement,
 )
 
 
@@ -238,6 +245,10 @@ class Tables:
     cut_n: np.ndarray
     cost_k: np.ndarray
     calls_k: np.ndarray
+    agreed: np.ndarray
+    agreed_score: np.ndarray
+    agreed_cost: np.ndarray
+    agreed_calls: np.ndarray
 
 
 @dataclass
@@ -341,6 +352,10 @@ def _empty_tables(n: int, k_max: int) -> Tables:
         cut_n=np.tile(np.arange(k_max + 1), (n, 1)),
         cost_k=np.zeros((n, k_max + 1)),
         calls_k=np.zeros((n, k_max + 1)),
+        agreed=np.zeros(n, dtype=bool),
+        agreed_score=np.zeros(n),
+        agreed_cost=np.zeros(n),
+        agreed_calls=np.zeros(n),
     )
 
 
@@ -352,9 +367,23 @@ def _fill_row(
     probes: Sequence[int],
     votable: bool,
     context: JisiContext,
+    stop_on_agreement: bool = False,
 ) -> None:
-    """One held-out row of a table: candidates by `scores`, the votes, cuts and costs."""
+    """One held-out row of a table: candidates by `scores`, the votes, cuts and costs.
+
+    With `stop_on_agreement`, a votable row whose answered probes (two or more) all give the
+    same final answer stops there: the top probe by `scores` answers, for the probes' cost.
+    """
     k_max = table.rel.shape[1]
+    if stop_on_agreement and votable:
+        live = [p for p in probes if arrays.answered[q, p]]
+        answers = {arrays.extracted[q][p] for p in live}
+        ranked = rank_models(scores, np.isin(np.arange(len(scores)), live))
+        if len(live) >= 2 and len(answers) == 1 and None not in answers and len(ranked):
+            table.agreed[q] = True
+            table.agreed_score[q] = arrays.scores[q, int(ranked[0])]
+            table.agreed_cost[q] = _row_cost(arrays, q, probes)
+            table.agreed_calls[q] = len(probes)
     order = rank_models(scores, arrays.answered[q]).tolist()[:k_max]
     if not order:
         return
@@ -389,8 +418,10 @@ def build_tables(
     """Replay every held-out row for the rankings of one cost weight and candidate source.
 
     Returns one table per query weight (a single one, under the default, for `support`); the
-    switch threshold, K and the probe margin are applied later, by `outcome`.
+    switch threshold, K and the probe margin are applied later, by `outcome`. The context's
+    `sample_n` and `stop_on_agreement` shape the probes.
     """
+    stop = context.stop_on_agreement
     n, m = arrays.size, len(arrays.models)
     everyone = np.ones(m, dtype=bool)
     coefs = list(query_coefs) if source == "mixed" else [DEFAULTS.query_coef]
@@ -400,13 +431,19 @@ def build_tables(
             prep.support_scores[q], prep.expected_costs[q], cost_weight, everyone
         )
         if source == "support":
-            _fill_row(arrays, tables[coefs[0]], q, ranking, [], prep.votable[q], context)
+            probes = (
+                choose_probes(ranking, prep.ability[q], everyone, context.sample_n).tolist()
+                if stop
+                else []
+            )
+            table = tables[coefs[0]]
+            _fill_row(arrays, table, q, ranking, probes, prep.votable[q], context, stop)
             continue
         probes = choose_probes(ranking, prep.ability[q], everyone, context.sample_n).tolist()
         qualities = _routing_quality(arrays, prep, q, probes, coefs, context)
         for qc, quality in zip(coefs, qualities, strict=True):
             scores = cost_aware_scores(quality, prep.expected_costs[q], cost_weight, everyone)
-            _fill_row(arrays, tables[qc], q, scores, probes, prep.votable[q], context)
+            _fill_row(arrays, tables[qc], q, scores, probes, prep.votable[q], context, stop)
     return tables
 
 
@@ -462,6 +499,9 @@ def outcome(
     )
     cost = tables.cost_k[:, top_k].copy()
     calls = tables.calls_k[:, top_k].copy()
+    score = np.where(tables.agreed, tables.agreed_score, score)
+    cost = np.where(tables.agreed, tables.agreed_cost, cost)
+    calls = np.where(tables.agreed, tables.agreed_calls, calls)
     chosen_direct = np.zeros(n, dtype=bool)
     if margin is not None:
         chosen_direct = direct.lead >= margin - _TOL
@@ -479,8 +519,8 @@ def grid_points(cost_weights: Sequence[float], bank_rows: int) -> list[Knobs]:
     """
     points: list[Knobs] = []
     seen: set[Knobs] = set()
-    for w, source, qc, k, t, margin in itertools.product(
-        cost_weights, SOURCES, QUERY_COEFS, TOP_KS, SWITCH_THRESHOLDS, PROBE_MARGINS
+    for w, source, qc, k, t, margin, (stop, probes) in itertools.product(
+        cost_weights, SOURCES, QUERY_COEFS, TOP_KS, SWITCH_THRESHOLDS, PROBE_MARGINS, PROBING
     ):
         if source == "support":
             qc = DEFAULTS.query_coef
@@ -489,7 +529,8 @@ def grid_points(cost_weights: Sequence[float], bank_rows: int) -> list[Knobs]:
         if margin == 0.0:
             qc, k, t = DEFAULTS.query_coef, DEFAULTS.top_k, DEFAULTS.switch_threshold
             source = DEFAULTS.candidate_source
-        point = Knobs(qc, t, margin, k, source, w)
+            stop, probes = DEFAULTS.stop_on_agreement, DEFAULTS.sample_n
+        point = Knobs(qc, t, margin, k, source, w, DEFAULTS.support_k, probes, stop)
         if point not in seen:
             seen.add(point)
             points.append(point)
@@ -528,15 +569,22 @@ def evaluate_grid(
     from tqdm.auto import tqdm
 
     k_max = max(p.top_k for p in points)
-    tables: dict[tuple[float, str, float], Tables] = {}
+    tables: dict[tuple[float, str, float, bool, int], Tables] = {}
     directs: dict[tuple[float, int], Direct] = {}
     rankings = sorted(
-        {(p.cost_weight, p.candidate_source) for p in points if p.probe_margin != 0.0}
+        {
+            (p.cost_weight, p.candidate_source, p.stop_on_agreement, p.sample_n)
+            for p in points
+            if p.probe_margin != 0.0
+        }
     )
-    for w, source in tqdm(rankings, desc="jisi calibrate", unit="ranking", disable=not progress):
+    for w, source, stop, probes in tqdm(
+        rankings, desc="jisi calibrate", unit="ranking", disable=not progress
+    ):
         coefs = sorted({p.query_coef for p in points if p.candidate_source == source})
-        for qc, table in build_tables(arrays, prep, w, source, coefs, k_max, context).items():
-            tables[(w, source, qc)] = table
+        variant = context.model_copy(update={"stop_on_agreement": stop, "sample_n": probes})
+        for qc, table in build_tables(arrays, prep, w, source, coefs, k_max, variant).items():
+            tables[(w, source, qc, stop, probes)] = table
     preps = {DEFAULTS.support_k: prep}
     for w, size in sorted({(p.cost_weight, p.support_k) for p in points}):
         if size not in preps:
@@ -549,7 +597,15 @@ def evaluate_grid(
             score, cost, direct_rows = direct.score, direct.cost, np.ones(arrays.size, dtype=bool)
             calls = np.ones(arrays.size)
         else:
-            table = tables[(point.cost_weight, point.candidate_source, point.query_coef)]
+            table = tables[
+                (
+                    point.cost_weight,
+                    point.candidate_source,
+                    point.query_coef,
+                    point.stop_on_agreement,
+                    point.sample_n,
+                )
+            ]
             score, cost, calls, direct_rows = outcome(
                 table, direct, prep.votable, point.top_k, point.switch_threshold, point.probe_margin
             )
@@ -789,13 +845,13 @@ def _store(
             "candidate_source": list(SOURCES),
             "cost_weight": sorted({p.knobs.cost_weight for p in results}),
             "support_k": sorted({p.knobs.support_k for p in results}),
+            "stop_on_agreement, sample_n": [list(pair) for pair in PROBING],
             "points": [len(results)],
         },
         fixed={
             name: getattr(DEFAULTS, name)
             for name in (
                 "rag_thres",
-                "sample_n",
                 "length_coef",
                 "length_order",
                 "subset_p",

@@ -32,6 +32,8 @@ CALIBRATED_KNOBS = (
     "candidate_source",
     "cost_weight",
     "support_k",
+    "sample_n",
+    "stop_on_agreement",
 )
 """The knobs `jisi calibrate` chooses; every other knob keeps its default."""
 

@@ -149,7 +149,16 @@ class JisiContext(BaseModel):
         description=(
             "Which ranking gives the top_k candidates: mixed: the routing scores R of "
             "query-response mixed routing (the paper); support: the support-set scores P, "
-            "asking the top_k models by P at once (no response similarity is needed)."
+            "asking the top_k models by P at once (no response similarity is needed; with "
+            "stop_on_agreement, the top sample_n first)."
+        ),
+    )
+    stop_on_agreement: bool = Field(
+        default=False,
+        description=(
+            "Early stop (ours, off by default): on a votable query, when two or more probes "
+            "answer and all give the same final answer, return it without asking further "
+            "candidates. With candidate_source=support the top sample_n models are asked first."
         ),
     )
     calibrated: bool = Field(

@@ -224,6 +224,8 @@ def test_calibrate_chooses_query_knn_on_the_clustered_bank(
         "candidate_source": "mixed",
         "cost_weight": 0.0,
         "support_k": 50,
+        "sample_n": 3,
+        "stop_on_agreement": False,
     }
     # the paper's configuration probes the top three models: all three costs on every row
     assert result.baselines["paper-config"]["cost_per_query"] == pytest.approx(0.0111)
@@ -433,6 +435,8 @@ KNOB_SETS = [
     {"cost_weight": 0.5, "query_coef": 0.0, "top_k": 2, "switch_threshold": 0.5},
     {"probe_margin": 0.1, "query_coef": 1.0, "cost_weight": 0.2},
     {"probe_margin": 0.0},
+    {"stop_on_agreement": True, "sample_n": 2, "top_k": 4, "switch_threshold": 0.05},
+    {"stop_on_agreement": True, "candidate_source": "support", "top_k": 4, "cost_weight": 0.3},
 ]
 
 
@@ -444,7 +448,7 @@ def test_calibration_replay_agrees_with_the_graph(tmp_path: Path) -> None:
         rows, embedder, source=synthetic_source(), models=list(AGREE_MODELS), votable=votable
     )
     arrays = bank_arrays(full, data=write_rows(rows, tmp_path / "rows.jsonl"))
-    compared, paths = 0, set()
+    compared, paths, agreed = 0, set(), 0
     for x in (0, 4, 7, 11):
         others = [row for j, row in enumerate(rows) if j != x]
         bank = build_bank(
@@ -465,6 +469,7 @@ def test_calibration_replay_agrees_with_the_graph(tmp_path: Path) -> None:
                 context.candidate_source,
                 [context.query_coef],
                 5,
+                context,
             )
             table = next(iter(tables.values()))
             score, cost, calls, routed = outcome(
@@ -486,7 +491,8 @@ def test_calibration_replay_agrees_with_the_graph(tmp_path: Path) -> None:
             assert bool(routed[x]) == (decision.probing_skipped is not None), where
             compared += 1
             paths.add((decision.mode, decision.aggregation_method, bool(routed[x])))
-    assert compared == 20
+            agreed += bool(table.agreed[x]) and context.stop_on_agreement
+    assert compared == 28
     # votes, routes after probes, and routes without probes were all compared
     assert paths == {
         ("aggregate", "vote", False),

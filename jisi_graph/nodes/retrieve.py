@@ -55,7 +55,8 @@ def make_retrieve(provider: ResourceProvider) -> Callable[..., dict[str, Any]]:
                 "reason": probing_reason(ranking, resources.active, leader, context),
             }
         else:
-            count = context.top_k if context.candidate_source == "support" else context.sample_n
+            ask_all = context.candidate_source == "support" and not context.stop_on_agreement
+            count = context.top_k if ask_all else context.sample_n
             probes = choose_probes(ranking, resources.comprehensive, resources.active, count)
             probe_names = [bank.models[i] for i in probes]
         emit(

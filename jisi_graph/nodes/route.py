@@ -14,6 +14,7 @@ import numpy as np
 from langgraph.runtime import Runtime
 
 from jisi_graph.context import JisiContext
+from jisi_graph.nodes.aggregate import support_is_votable
 from jisi_graph.nodes.common import (
     answered,
     calls_of,
@@ -34,6 +35,7 @@ from jisi_graph.routing import (
     weighted_model_scores,
 )
 from jisi_graph.state import JisiState
+from jisi_graph.voting import extract_answer
 
 
 def routing_scores(state: JisiState, context: JisiContext, resources: Resources) -> dict[str, Any]:
@@ -98,15 +100,22 @@ def make_route(provider: ResourceProvider) -> Callable[..., dict[str, Any]]:
         context = context_of(runtime, state)
         resources = provider(context)
         routing = dict(state.get("routing") or {})
+        direct = bool((state.get("probing") or {}).get("skipped"))
         if "scores" not in routing:
             routing = routing_scores(state, context, resources)
+            if context.stop_on_agreement and not direct and probes_agree(state, resources, context):
+                routing["agreed"] = True
+                routing["note"] = "the probes agree on the final answer: no further candidates"
         failed = {call.model for call in calls_of(state) if not call.ok}
         have_answer = answered(state)
         models = resources.bank.models
         eligible = resources.active & np.array([m not in failed for m in models], dtype=bool)
         ranked = [models[i] for i in rank_models(to_array(routing["scores"]), eligible)]
-        direct = bool((state.get("probing") or {}).get("skipped"))
-        candidates = ranked[: 1 if direct else context.top_k]
+        if routing.get("agreed"):
+            probes = set(state.get("probes") or [])
+            candidates = [m for m in ranked if m in probes and m in have_answer][: context.top_k]
+        else:
+            candidates = ranked[: 1 if direct else context.top_k]
         pending = [m for m in candidates if m not in have_answer]
         if pending and routing["rounds"] >= context.max_candidate_rounds:
             candidates = [m for m in candidates if m in have_answer]
@@ -121,3 +130,12 @@ def make_route(provider: ResourceProvider) -> Callable[..., dict[str, Any]]:
         return {"routing": routing, "candidates": candidates, "pending": pending}
 
     return route
+
+
+def probes_agree(state: JisiState, resources: Resources, context: JisiContext) -> bool:
+    """Whether two or more probes answered a votable query with one and the same final answer."""
+    replies = [call for call in calls_of(state) if call.role == "probe" and call.ok]
+    if len(replies) < 2 or not support_is_votable(state, context, resources):
+        return False
+    answers = {extract_answer(call.answer or "") for call in replies}
+    return len(answers) == 1 and None not in answers
