@@ -96,6 +96,15 @@ def point_of(result: MethodResult, knobs: Mapping[str, Any], **extra: Any) -> Po
     )
 
 
+def same_settings(a: JisiContext, b: JisiContext) -> bool:
+    """Whether two contexts run alike: equal values *and* the same knobs set by the caller.
+
+    A knob the caller sets wins over the bank's calibration, one left unset does not, so
+    `cost_weight=0` set explicitly is not the default context on a calibrated bank.
+    """
+    return a == b and a.model_fields_set == b.model_fields_set
+
+
 @dataclass
 class SweepReport:
     """The curves, the points, and their analysis; the base run's report for its settings."""
@@ -226,7 +235,7 @@ def sweep(
     graph = build_graph(Resources(loaded, cached, replay_pool(rows, pool_models)))
     jisi_points: list[Point] = []
     for point, context in zip(grid, contexts, strict=True):
-        if context == base_context:
+        if same_settings(context, base_context):
             stats = base.jisi
             jisi_points.append(
                 point_of(
@@ -271,6 +280,7 @@ def sweep(
         run={
             **{k: v for k, v in base.run.items() if k not in {"wall_seconds", "context"}},
             "base_context": base.run.get("context"),
+            "base_calibrated_knobs": base.run.get("calibrated_knobs"),
             "base_wall_seconds": base.run.get("wall_seconds"),
             "jisi_grid": grid,
             "alphas": list(alphas),

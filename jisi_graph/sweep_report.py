@@ -148,9 +148,15 @@ def render_sweep_markdown(report: SweepReport) -> str:
         "",
         "## Base run knobs",
         "",
+        "The caller's context (a grid point's knobs are set on top of it, and a knob the caller "
+        "sets wins over the bank's calibration):",
+        "",
         "```json",
         json.dumps(run.get("base_context"), indent=2),
         "```",
+        "",
+        "Knobs taken from the bank's calibration in the base run: "
+        f"`{json.dumps(run.get('base_calibrated_knobs'))}`",
         "",
     ]
     return "\n".join(lines)

@@ -34,34 +34,10 @@ from jisi_graph.embedding import Embedder
 from jisi_graph.graph import build_graph
 from jisi_graph.replay import replay_pool
 from jisi_graph.resources import Resources
+from jisi_graph.state import Decision
 
 RESULT_KEYS = {"answer", "decision", "usage", "cost_usd", "error"}
-DECISION_KEYS = {
-    "query",
-    "support_size",
-    "neighbours",
-    "support_scores",
-    "aggregator_scores",
-    "aggregators",
-    "probes",
-    "filtered_size",
-    "routing_scores",
-    "candidates",
-    "switch_n",
-    "switch_threshold",
-    "mode",
-    "aggregation_method",
-    "votable",
-    "aggregator",
-    "aggregated",
-    "answer_source",
-    "fallback",
-    "calls",
-    "failures",
-    "unused_bank_models",
-    "usage",
-    "cost_usd",
-}
+DECISION_KEYS = set(Decision.model_fields)
 
 
 def run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -169,6 +145,7 @@ def test_ask_json_prints_the_decision_with_set_knobs(
     # the knobs took effect: two candidates, three neighbours shown
     assert len(decision["candidates"]) == 2
     assert len(decision["neighbours"]) == 3
+    assert decision["knobs"] == {"top_k": 2, "neighbours_shown": 3}
     local_decision = expected["decision"]
     for key in ("mode", "answer_source", "aggregator", "probes", "switch_n", "aggregated"):
         assert decision[key] == local_decision[key], key

@@ -26,6 +26,7 @@ from jisi_graph.sweep import (
     default_jisi_grid,
     parse_alphas,
     parse_grid,
+    same_settings,
 )
 from jisi_graph.sweep_report import format_sweep_table, render_sweep_markdown, write_sweep_plot
 
@@ -92,6 +93,16 @@ def test_grids() -> None:
     for bad in ("1.2", "x", ""):
         with pytest.raises(EvalConfigError, match="--alphas"):
             parse_alphas(bad)
+
+
+def test_a_knob_set_to_its_default_is_not_the_base_run() -> None:
+    from jisi_graph.evaluate import eval_context
+
+    base = eval_context({})
+    # Equal values, but cost_weight=0 set by the caller overrides a calibrated cost weight.
+    assert eval_context({"cost_weight": "0"}) == base
+    assert not same_settings(eval_context({"cost_weight": "0"}), base)
+    assert same_settings(eval_context({"top_k": "2"}), eval_context({"top_k": "2"}))
 
 
 # --------------------------------------------------------------------------------------------
@@ -228,7 +239,7 @@ def test_cli_sweep_on_a_tiny_bank(real_bank_dir: Path, data_file: Path, tmp_path
     costs = [v["cost_usd"] for v in singles.values()]
     assert report["cost_range_usd"] == pytest.approx([min(costs), max(costs)])
     assert set(report["matches"]) == set(singles)
-    # cost_weight = 0 is the base run's setting: reused, not run again.
+    # On a bank without calibration, cost_weight = 0 runs exactly as the base run (default) did.
     first = report["curves"]["jisi"][0]
     assert first["accuracy_macro"] == base["jisi"]["accuracy_macro"]
     assert first["cost_usd"] == pytest.approx(base["jisi"]["cost_usd"])
