@@ -28,6 +28,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -212,7 +213,9 @@ class OpenVINOEmbeddings(Embeddings):
     Texts are tokenised with the model's `tokenizers` tokenizer, truncated on the left to the
     window, grouped by token length so that little padding is computed, and embedded in batches;
     the compiled model does the mean pooling and the normalisation itself. Safe to call from
-    several threads (each call has its own inference request).
+    several threads: tokenising runs in parallel, inference one call at a time (one inference
+    already uses every core, and OpenVINO's Python binding can deadlock when two threads make
+    their first numpy conversion at once).
     """
 
     def __init__(
@@ -230,6 +233,8 @@ class OpenVINOEmbeddings(Embeddings):
         self.pad_id = pad_id
         self.batch_size = batch_size
         self._input_names = [port.get_any_name() for port in compiled.inputs]
+        self._request = compiled.create_infer_request()
+        self._lock = threading.Lock()
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
         """Embed texts, in batches of similar token length."""
@@ -245,13 +250,13 @@ class OpenVINOEmbeddings(Embeddings):
             return np.zeros((0, 0), dtype=np.float32)
         encodings = self.tokenizer.encode_batch(list(texts))
         ids = [encoding.ids for encoding in encodings]
-        request = self.compiled.create_infer_request()
         out: np.ndarray | None = None
         for batch in length_batches([len(x) for x in ids], self.batch_size):
             input_ids, mask, types = pad_batch([ids[i] for i in batch], self.pad_id)
             arrays = {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": types}
-            request.infer({name: arrays[name] for name in self._input_names})
-            part = np.asarray(request.get_output_tensor(0).data, dtype=np.float32)
+            with self._lock:
+                self._request.infer({name: arrays[name] for name in self._input_names})
+                part = np.array(self._request.get_output_tensor(0).data, dtype=np.float32)
             if out is None:
                 out = np.zeros((len(texts), part.shape[1]), dtype=np.float32)
             out[batch] = part

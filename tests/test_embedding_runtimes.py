@@ -172,3 +172,48 @@ def test_openvino_keeps_the_last_tokens(reference: Embedder) -> None:
     # the first 300 words are past the window: the reference (left truncation) agrees
     assert float(tail @ reference.embed_one(long_text)) > 0.9999
     assert float(tail @ fast.embed_one("apple " * 300)) < 0.5
+
+
+# A fresh process for each attempt: the binding's first numpy conversion is where two threads
+# used to deadlock (one attempt in eight hung before inference was serialised).
+CONCURRENT_FIRST_USE = """
+import sys, threading, time
+from jisi_graph.embedding import load_embedder
+embedder = load_embedder(runtime="openvino")
+texts = [f"question {i}: " + "how many apples? " * (i % 7 + 1) for i in range(16)]
+start = threading.Barrier(8)
+got = {}
+def work(worker):
+    start.wait()
+    for i in range(worker, len(texts), 8):
+        got[i] = embedder.embed_one(texts[i])
+threads = [threading.Thread(target=work, args=(w,), daemon=True) for w in range(8)]
+for t in threads:
+    t.start()
+deadline = time.monotonic() + 30
+for t in threads:
+    t.join(max(0.0, deadline - time.monotonic()))
+if any(t.is_alive() for t in threads):
+    print("hung"); sys.stdout.flush(); import os; os._exit(3)
+serial = embedder.embed(texts)
+worst = min(float(got[i] @ serial[i]) for i in range(len(texts)))
+print(f"ok {worst:.6f}")
+"""
+
+
+@pytest.mark.slow
+def test_openvino_first_use_from_many_threads_neither_hangs_nor_mixes_outputs() -> None:
+    import subprocess
+    import sys
+
+    for _ in range(10):
+        done = subprocess.run(
+            [sys.executable, "-c", CONCURRENT_FIRST_USE],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr[-2000:]
+        verdict, worst = done.stdout.split()
+        # each thread's vector is the serial vector of its own text (the request is shared)
+        assert verdict == "ok" and float(worst) > 0.99999
