@@ -28,13 +28,21 @@ from jisi_graph.context import JisiContext
 from jisi_graph.embedding import Embedder, load_embedder
 from jisi_graph.embedding_cache import embed_queries, with_cache
 from jisi_graph.report import EvalReport, RowResult
-from jisi_graph.scoring import run_statistics, score_methods, summarise_methods
+from jisi_graph.scoring import (
+    run_statistics,
+    score_jisi,
+    score_methods,
+    score_router_only,
+    summarise_methods,
+)
 from jisi_graph.state import Decision
 
 EVAL_DEFAULTS: dict[str, Any] = {"aggregation": "vote"}
 """Knobs the evaluation sets unless overridden: vote aggregation, gradable from records."""
 UNGRADABLE_AGGREGATION = {"llm", "vote_or_llm"}
 FIXED_KNOBS = {"bank", "pool"}
+PAPER = "jisi-paper"
+"""The method name of the uncalibrated run, reported beside `jisi` when the bank is calibrated."""
 
 
 class EvalConfigError(ValueError):
@@ -188,6 +196,7 @@ def evaluate(
         resources = Resources(loaded, embedder, replay_pool(rows, pool_models))
     except CalibrationError as error:
         raise EvalConfigError(str(error)) from None
+    requested = context
     context, calibrated_knobs, calibration_note = apply_calibration(
         context, resources.calibration, pool_models
     )
@@ -200,10 +209,34 @@ def evaluate(
     outcomes = score_methods(
         rows, decisions, pool_models, references=reference_models, bank_ability=ability
     )
+    paper: dict[str, Any] | None = None
+    if calibrated_knobs:
+        # The same graph without the calibration, so the paper's configuration keeps its rows.
+        paper_context = requested.model_copy(update={"calibrated": False})
+        paper_started = time.perf_counter()
+        paper_runs = run_graph(
+            graph, rows, paper_context, concurrency=concurrency, progress=progress
+        )
+        paper_decisions = [run.decision for run in paper_runs]
+        jisi_rows = {name: outcomes[name] for name in ("jisi", "jisi-router-only")}
+        outcomes = {
+            **jisi_rows,
+            PAPER: score_jisi(rows, paper_decisions),
+            f"{PAPER}-router-only": score_router_only(rows, paper_decisions)[0],
+            **outcomes,
+        }
+        paper = {
+            **run_statistics(paper_decisions),
+            "row_errors": sum(decision is None for decision in paper_decisions),
+            "wall_seconds": round(time.perf_counter() - paper_started, 2),
+            "context": paper_context.model_dump(exclude=FIXED_KNOBS),
+        }
     queries = embed_queries(embedder, [row.query for row in rows])  # cached by the graph's run
     outcomes["avengers-pro"] = avengers_pro_outcomes(loaded, pool_models, rows, queries)
     statistics = run_statistics(decisions)
     statistics["row_errors"] = sum(run.decision is None for run in runs)
+    if paper is not None:
+        statistics["paper_config"] = paper
     return EvalReport(
         methods=summarise_methods(rows, decisions, outcomes),
         jisi=statistics,

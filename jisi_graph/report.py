@@ -172,6 +172,12 @@ def render_markdown(report: EvalReport) -> str:
             f"honest cost above), or {routed_only:.4f} USD with the {ROUTED_ONLY_NOTE}.",
             "",
         ]
+    if "jisi-paper" in report.methods:
+        lines += [
+            "jisi-paper is the same graph over the same rows with the paper's configuration "
+            "(the bank's calibration ignored); jisi uses the calibrated knobs listed below.",
+            "",
+        ]
     lines += ["## The graph's behaviour", ""]
     lines += [f"- {key}: {_plain(value)}" for key, value in report.jisi.items()]
     lines += ["", "## Knobs", "", "```json", json.dumps(run.get("context"), indent=2), "```", ""]

@@ -41,6 +41,7 @@ from jisi_graph.context import DEFAULTS, JisiContext
 from jisi_graph.embedding import Embedder
 from jisi_graph.graph import build_graph
 from jisi_graph.replay import replay_pool
+from jisi_graph.report import render_markdown
 from jisi_graph.resources import Resources
 from jisi_graph.routing import clear_leader, cost_aware_scores, min_max_normalise
 from jisi_graph.state import Decision
@@ -500,3 +501,39 @@ def test_calibration_replay_agrees_with_the_graph(tmp_path: Path) -> None:
         ("route", "none", True),
     }
     assert DEFAULTS.probe_margin is None and DEFAULTS.cost_weight == 0.0
+
+
+def test_eval_on_a_calibrated_bank_keeps_the_paper_configuration_row(
+    cluster: tuple[Path, Embedder, list[BankRow], Path], tmp_path: Path
+) -> None:
+    from jisi_graph.evaluate import evaluate
+
+    directory, embedder, rows, data = cluster
+    split = rows[0].split
+    calibrated_bank(cluster, tmp_path)
+    try:
+        report = evaluate(data, directory, split=split, embedder=embedder, progress=False)
+        paper = evaluate(
+            data,
+            directory,
+            split=split,
+            embedder=embedder,
+            progress=False,
+            overrides={"calibrated": "false"},
+        )
+    finally:
+        (directory / CALIBRATION_NAME).unlink()
+    names = list(report.methods)
+    assert names[:4] == ["jisi", "jisi-router-only", "jisi-paper", "jisi-paper-router-only"]
+    assert report.run["calibrated_knobs"] == CALIBRATED
+    # the paper row is the uncalibrated run, to the cent and the point
+    assert "jisi-paper" not in paper.methods and paper.run["calibrated_knobs"] == {}
+    for ours, theirs in (("jisi-paper", "jisi"), ("jisi-paper-router-only", "jisi-router-only")):
+        assert report.methods[ours].accuracy_macro == paper.methods[theirs].accuracy_macro
+        assert report.methods[ours].cost_usd == pytest.approx(paper.methods[theirs].cost_usd)
+    statistics = report.jisi["paper_config"]
+    assert statistics["mean_calls"] == paper.jisi["mean_calls"]
+    assert statistics["context"]["calibrated"] is False
+    # the calibration (probe_margin 0.2 routes the x rows to cheap alone) pays less
+    assert report.methods["jisi"].cost_usd < report.methods["jisi-paper"].cost_usd
+    assert "jisi-paper is the same graph" in render_markdown(report)
