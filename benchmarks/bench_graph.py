@@ -75,16 +75,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
 
     from jisi_graph.bank.loaders import load_rows
     from jisi_graph.bank.store import Bank
-    from jisi_graph.embedding import Embedder, load_embedder
+    from jisi_graph.embedding import Embedder
     from jisi_graph.evaluate import eval_context
     from jisi_graph.graph import build_graph
     from jisi_graph.replay import replay_pool
-    from jisi_graph.resources import Resources
+    from jisi_graph.resources import Resources, load_bank_embedder
 
     header("graph overhead per query (replay models), embedding excluded")
     bank = Bank.load(args.bank)
     rows = load_rows(args.data, split="test", limit=args.queries + 5)
-    inner = load_embedder(bank.manifest.embedder.id, runtime=args.runtime)
+    inner = load_bank_embedder(bank, runtime=args.runtime)
     timed = TimedEmbeddings(inner.embeddings)
     embedder = Embedder(
         embeddings=timed, id=inner.id, window=inner.window, _dim=inner.dim, runtime=inner.runtime

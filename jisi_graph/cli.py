@@ -16,6 +16,10 @@ import typer
 from jisi_graph.cli_calibrate import register as register_calibrate_command
 from jisi_graph.cli_live import register as register_live_commands
 
+DEFAULT_ANSWER_WINDOW = 128
+"""Tokens kept per answer by `jisi bank build`: the measured trade-off of docs/performance.md
+(builds the ZeroEval bank in about 60% of the time, JiSi's accuracy unchanged)."""
+
 app = typer.Typer(
     help="JiSi: route and aggregate a pool of LLMs with an embedding bank.",
     no_args_is_help=True,
@@ -57,6 +61,20 @@ def bank_build(
             "default: $JISI_EMBEDDER_RUNTIME, else openvino"
         ),
     ] = None,
+    window: Annotated[
+        int | None,
+        typer.Option(
+            help="Tokens kept per text, its last ones (default: the embedder's own, 256 for "
+            "MiniLM); queries are embedded with the bank's window"
+        ),
+    ] = None,
+    answer_window: Annotated[
+        int,
+        typer.Option(
+            help="Tokens kept per model answer, its last ones (0: the whole window); fewer "
+            "tokens embed faster, and the probes' answers are cut the same way"
+        ),
+    ] = DEFAULT_ANSWER_WINDOW,
     votable: Annotated[
         str | None, typer.Option(help="Datasets whose answers can be voted on (comma-separated)")
     ] = None,
@@ -70,10 +88,12 @@ def bank_build(
     from jisi_graph.bank.loaders import file_sha256, load_rows
     from jisi_graph.bank.manifest import SourceRecord
     from jisi_graph.bank.schema import BankFormatError
-    from jisi_graph.embedding import load_embedder
+    from jisi_graph.embedding import MIN_WINDOW, load_embedder
 
     if limit is not None and limit < 1:
         fail("--limit must be at least 1")
+    if answer_window < 0 or 0 < answer_window < MIN_WINDOW:
+        fail(f"--answer-window must be 0 (the whole window) or at least {MIN_WINDOW} tokens")
     if out.exists() and not force:
         fail(f"{out} already exists; choose another --out or pass --force to replace it")
     started = time.perf_counter()
@@ -88,7 +108,7 @@ def bank_build(
         fail(f"--votable/--not-votable name datasets not in the data: {', '.join(unknown)}")
     typer.echo(f"{len(rows)} {split} rows from {data}; loading the embedder...", err=True)
     try:
-        model = load_embedder(embedder, runtime=embedder_runtime)
+        model = load_embedder(embedder, runtime=embedder_runtime, window=window)
     except ValueError as error:
         fail(str(error))
     local = Path(data)
@@ -98,9 +118,18 @@ def bank_build(
         split=split,
         limit=limit,
     )
-    bank = build_bank(
-        rows, model, source=source, models=_split_names(models), votable=declared, progress=True
-    )
+    try:
+        bank = build_bank(
+            rows,
+            model,
+            source=source,
+            models=_split_names(models),
+            votable=declared,
+            answer_window=answer_window or None,
+            progress=True,
+        )
+    except ValueError as error:
+        fail(str(error))
     try:
         target = write_bank(bank, out, force=force)
     except BankExistsError as error:
@@ -110,7 +139,13 @@ def bank_build(
     typer.echo(
         f"bank written to {target}: {manifest.rows} rows, {len(manifest.models)} models, "
         f"{manifest.answers} answers ({manifest.distinct_texts} distinct texts embedded) "
-        f"in {elapsed:.1f} s with the {model.runtime} runtime; votable: "
+        f"in {elapsed:.1f} s with the {model.runtime} runtime"
+        + (
+            f" (answers cut to their last {manifest.embedder.answer_window} tokens)"
+            if manifest.embedder.answer_window
+            else ""
+        )
+        + "; votable: "
         + ", ".join(f"{name}={flag}" for name, flag in manifest.votable.items())
     )
 

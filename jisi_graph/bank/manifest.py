@@ -22,6 +22,11 @@ class EmbedderRecord(BaseModel):
     id: str
     dim: int
     window: int | None = Field(description="Tokens kept per text (its last ones); None: unknown")
+    answer_window: int | None = Field(
+        default=None,
+        description="Tokens kept per model answer (its last ones), when fewer than `window`; "
+        "the probes' answers are cut the same way at query time. None: the whole window",
+    )
     truncation: str = "left"
     runtime: str = Field(
         default="torch",

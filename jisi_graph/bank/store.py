@@ -128,8 +128,14 @@ class Bank:
                 sims, idx = range_sims[order], range_idx[order]
         return Neighbours(idx.astype(np.int64), sims.astype(np.float32))
 
-    def check_embedder(self, embedder_id: str, dim: int | None = None) -> None:
-        """Refuse to go on with an embedder other than the one the bank was built with."""
+    def check_embedder(
+        self, embedder_id: str, dim: int | None = None, window: int | None = None
+    ) -> None:
+        """Refuse to go on with an embedder other than the one the bank was built with.
+
+        The window counts too: a text cut to another number of tokens is embedded differently.
+        A window that either side does not know (None) is not compared.
+        """
         recorded = self.manifest.embedder
         if embedder_id != recorded.id or (dim is not None and dim != recorded.dim):
             raise BankMismatchError(
@@ -137,6 +143,12 @@ class Bank:
                 f"(dimension {recorded.dim}), not {embedder_id!r}"
                 + (f" (dimension {dim})" if dim is not None else "")
                 + "; rebuild the bank with this embedder or use the bank's own"
+            )
+        if window is not None and recorded.window is not None and window != recorded.window:
+            raise BankMismatchError(
+                f"bank {self.path or ''} was built with a window of {recorded.window} tokens per "
+                f"text, but the embedder keeps {window}; load the embedder with the bank's "
+                f"window (load_embedder(..., window={recorded.window}))"
             )
 
     def save(self, directory: Path) -> None:

@@ -62,7 +62,9 @@ def routing_scores(state: JisiState, context: JisiContext, resources: Resources)
     note = None
     if probes:
         columns = [bank.model_index(call.model) for call in probes]
-        probe_vectors = resources.embedder.embed([call.answer or "" for call in probes])
+        probe_vectors = resources.embedder.embed(
+            [call.answer or "" for call in probes], window=bank.manifest.embedder.answer_window
+        )
         past = bank.answer_embeddings[rows][:, columns, :].astype(np.float32)
         present = bank.answered[rows][:, columns]
         response = response_similarity(probe_vectors, past, present)
