@@ -70,19 +70,27 @@ def _compact(vectors: list[list[float]]) -> list[np.ndarray]:
 
 
 def with_cache(embedder: Embedder) -> Embedder:
-    """The same embedder (id, window, dimension) answering from a text cache.
+    """The same embedder (id, window, dimension) answering from a text cache (answers too).
 
     An embedder that already caches is returned as is, so that its cache is shared.
     """
     if isinstance(embedder.embeddings, CachedEmbeddings):
         return embedder
-    return replace(embedder, embeddings=CachedEmbeddings(embedder.embeddings))
+    answers = embedder.answer_embeddings
+    return replace(
+        embedder,
+        embeddings=CachedEmbeddings(embedder.embeddings),
+        answer_embeddings=CachedEmbeddings(answers) if answers is not None else None,
+    )
 
 
 def cache_stats(embedder: Embedder) -> CacheStats | None:
-    """The cache's counts, if the embedder caches."""
-    embeddings = embedder.embeddings
-    return embeddings.stats if isinstance(embeddings, CachedEmbeddings) else None
+    """The cache's counts (queries and answers together), if the embedder caches."""
+    caches = [embedder.embeddings, embedder.answer_embeddings]
+    counted = [c.stats for c in caches if isinstance(c, CachedEmbeddings)]
+    if not counted:
+        return None
+    return CacheStats(hits=sum(s.hits for s in counted), misses=sum(s.misses for s in counted))
 
 
 def embed_queries(embedder: Embedder, queries: Sequence[str]) -> np.ndarray:

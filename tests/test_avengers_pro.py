@@ -196,3 +196,21 @@ def test_with_cache_keeps_identity_and_shares_the_cache() -> None:
     stats: Any = cache_stats(cached)
     assert (stats.hits, stats.misses) == (1, 2)
     assert embed_queries(cached, []).shape == (0, 2)
+
+
+def test_with_cache_caches_the_answer_embeddings_apart() -> None:
+    queries, answers = CountingEmbeddings(), CountingEmbeddings()
+    embedder = Embedder(
+        embeddings=queries, id="test:two", window=8, _dim=2, answer_embeddings=answers
+    )
+    cached = with_cache(embedder)
+    assert isinstance(cached.answer_embeddings, CachedEmbeddings)
+    cached.embed(["q1", "q1"])
+    cached.embed_answers(["a1", "a22", "a1"])
+    cached.embed_answers(["a22"])
+    assert queries.documents == ["q1"] and answers.documents == ["a1", "a22"]
+    stats: Any = cache_stats(cached)
+    # `embed` sends each distinct text once: q1, a1 and a22 are misses, a22 asked again a hit
+    assert (stats.hits, stats.misses) == (1, 3)
+    # without answer embeddings, nothing is invented
+    assert with_cache(Embedder(embeddings=queries, id="test:one")).answer_embeddings is None

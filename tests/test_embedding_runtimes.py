@@ -21,11 +21,10 @@ from jisi_graph.embedding import (
     RUNTIME_ENV,
     Embedder,
     embedder_cache_dir,
-    length_batches,
     load_embedder,
-    pad_batch,
     resolve_runtime,
 )
+from jisi_graph.embedding_openvino import length_batches, pad_batch
 
 # ------------------------------------------------------------------------------------------
 # Choosing a runtime
@@ -38,7 +37,7 @@ def test_resolve_runtime_explicit_then_environment_then_default(
     monkeypatch.delenv(RUNTIME_ENV, raising=False)
     assert resolve_runtime("torch") == "torch"
     assert resolve_runtime("torch-bf16") == "torch-bf16"
-    assert resolve_runtime(None) == "openvino"  # openvino is installed with the package
+    assert resolve_runtime(None) == "openvino-int8"  # openvino and nncf come with the package
     monkeypatch.setenv(RUNTIME_ENV, "torch-bf16")
     assert resolve_runtime(None) == "torch-bf16"
     assert resolve_runtime("openvino") == "openvino"  # the argument wins over the environment
@@ -52,11 +51,17 @@ def test_resolve_runtime_refuses_an_unknown_name(monkeypatch: pytest.MonkeyPatch
         resolve_runtime(None)
 
 
-def test_default_falls_back_to_torch_without_openvino(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_default_falls_back_without_its_packages(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(RUNTIME_ENV, raising=False)
-    monkeypatch.setattr(embedding.importlib.util, "find_spec", lambda name: None)
+    installed = {"openvino"}
+    monkeypatch.setattr(
+        embedding.importlib.util, "find_spec", lambda name: object() if name in installed else None
+    )
+    assert resolve_runtime(None) == "openvino"  # no nncf to quantize with
+    installed.clear()
     assert resolve_runtime(None) == "torch"
     assert resolve_runtime("openvino") == "openvino"  # asked for explicitly: not replaced
+    assert resolve_runtime("openvino-int8") == "openvino-int8"
 
 
 def test_cache_dir_follows_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -144,7 +149,9 @@ def reference() -> Embedder:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("runtime", "least"), [("openvino", 0.9999), ("torch-bf16", 0.9995)])
+@pytest.mark.parametrize(
+    ("runtime", "least"), [("openvino", 0.9999), ("torch-bf16", 0.9995), ("openvino-int8", 0.98)]
+)
 def test_runtime_agrees_with_float32(reference: Embedder, runtime: str, least: float) -> None:
     fast = load_embedder(runtime=runtime)
     assert (fast.id, fast.runtime, fast.window, fast.dim) == (
@@ -164,13 +171,16 @@ def test_runtime_agrees_with_float32(reference: Embedder, runtime: str, least: f
 
 
 @pytest.mark.slow
-def test_openvino_keeps_the_last_tokens(reference: Embedder) -> None:
-    fast = load_embedder(runtime="openvino")
+@pytest.mark.parametrize(("runtime", "least"), [("openvino", 0.9999), ("openvino-int8", 0.95)])
+def test_openvino_keeps_the_last_tokens(reference: Embedder, runtime: str, least: float) -> None:
+    fast = load_embedder(runtime=runtime)
     words = [f"w{i % 97}" for i in range(400)]
     long_text = "apple " * 300 + " ".join(words)
     tail = fast.embed_one(long_text)
-    # the first 300 words are past the window: the reference (left truncation) agrees
-    assert float(tail @ reference.embed_one(long_text)) > 0.9999
+    # the first 300 words are past the window: exactly the end of the text is embedded
+    assert float(tail @ fast.embed_one(" ".join(words))) > 0.99999
+    # and the reference (left truncation) agrees, to the runtime's precision on this odd text
+    assert float(tail @ reference.embed_one(long_text)) > least
     assert float(tail @ fast.embed_one("apple " * 300)) < 0.5
 
 
@@ -301,3 +311,19 @@ def test_cli_window_is_recorded_and_queries_use_it(data_file: Path, tmp_path: Pa
     refused = CliRunner().invoke(app, [*args, "--window", "300", "--force"])
     assert refused.exit_code == 2
     assert "exceeds" in refused.output and "Traceback" not in refused.output
+
+
+@pytest.mark.slow
+def test_int8_runtime_embeds_queries_in_bf16_and_answers_in_int8() -> None:
+    bf16 = load_embedder(runtime="openvino")
+    int8 = load_embedder(runtime="openvino-int8")
+    assert int8.runtime == "openvino-int8" and int8.answer_embeddings is not None
+    text = TEXTS[2]
+    # queries choose the support set: the bfloat16 model, exactly
+    assert float(int8.embed_one(text) @ bf16.embed_one(text)) > 0.99999
+    np.testing.assert_allclose(int8.embed([text]), bf16.embed([text]), atol=1e-6)
+    # answers go through the quantized model: close, not the same
+    answer = int8.embed_answers([text])[0]
+    assert 0.98 < float(answer @ bf16.embed_one(text)) < 0.99999
+    # the float runtimes embed answers with their one model
+    np.testing.assert_allclose(bf16.embed_answers([text]), bf16.embed([text]), atol=1e-6)

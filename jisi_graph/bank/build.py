@@ -80,18 +80,18 @@ def build_bank(
                 answer_cells.append((j, column[name]))
 
     queries = [row.query for row in rows]
-    if answer_window is not None:
-        answer_texts = embedder.keep_last_tokens(answer_texts, answer_window)
-    texts = queries + answer_texts
-    distinct = len(set(texts))
-    vectors = embedder.embed(texts, progress="embedding bank" if progress else False)
-    dim = vectors.shape[1]
+    distinct = len(set(queries)) + len(set(answer_texts))
+    query_vectors = embedder.embed(queries, progress="embedding queries" if progress else False)
+    dim = query_vectors.shape[1]
+    answer_vectors = embedder.embed_answers(
+        answer_texts, progress="embedding answers" if progress else False, window=answer_window
+    )
     answer_embeddings = np.zeros((n, m, dim), dtype=np.float16)
     if answer_cells:
         rows_idx, cols_idx = np.array(answer_cells).T
-        answer_embeddings[rows_idx, cols_idx] = vectors[n:].astype(np.float16)
+        answer_embeddings[rows_idx, cols_idx] = answer_vectors.astype(np.float16)
     index = faiss.IndexFlatIP(dim)
-    index.add(np.ascontiguousarray(vectors[:n]))
+    index.add(np.ascontiguousarray(query_vectors))
 
     reports = dataset_votability(rows)
     decided = {name: report.votable for name, report in reports.items()}

@@ -62,7 +62,7 @@ def routing_scores(state: JisiState, context: JisiContext, resources: Resources)
     note = None
     if probes:
         columns = [bank.model_index(call.model) for call in probes]
-        probe_vectors = resources.embedder.embed(
+        probe_vectors = resources.embedder.embed_answers(
             [call.answer or "" for call in probes], window=bank.manifest.embedder.answer_window
         )
         past = bank.answer_embeddings[rows][:, columns, :].astype(np.float32)
