@@ -32,6 +32,7 @@ from jisi_graph.scoring import (
     run_statistics,
     score_jisi,
     score_methods,
+    score_query_knn,
     score_router_only,
     summarise_methods,
 )
@@ -224,6 +225,8 @@ def evaluate(
             PAPER: score_jisi(rows, paper_decisions),
             f"{PAPER}-router-only": score_router_only(rows, paper_decisions)[0],
             **outcomes,
+            # the baseline is plain query-kNN: the support set of the uncalibrated knobs
+            "query-knn": score_query_knn(rows, paper_decisions, pool_models),
         }
         paper = {
             **run_statistics(paper_decisions),

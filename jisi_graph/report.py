@@ -175,7 +175,8 @@ def render_markdown(report: EvalReport) -> str:
     if "jisi-paper" in report.methods:
         lines += [
             "jisi-paper is the same graph over the same rows with the paper's configuration "
-            "(the bank's calibration ignored); jisi uses the calibrated knobs listed below.",
+            "(the bank's calibration ignored); jisi uses the calibrated knobs listed below. "
+            "query-knn routes by the support-set scores of the paper's configuration.",
             "",
         ]
     lines += ["## The graph's behaviour", ""]

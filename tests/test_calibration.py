@@ -528,7 +528,12 @@ def test_eval_on_a_calibrated_bank_keeps_the_paper_configuration_row(
     assert report.run["calibrated_knobs"] == CALIBRATED
     # the paper row is the uncalibrated run, to the cent and the point
     assert "jisi-paper" not in paper.methods and paper.run["calibrated_knobs"] == {}
-    for ours, theirs in (("jisi-paper", "jisi"), ("jisi-paper-router-only", "jisi-router-only")):
+    pairs = (
+        ("jisi-paper", "jisi"),
+        ("jisi-paper-router-only", "jisi-router-only"),
+        ("query-knn", "query-knn"),  # plain query-kNN: the uncalibrated support set
+    )
+    for ours, theirs in pairs:
         assert report.methods[ours].accuracy_macro == paper.methods[theirs].accuracy_macro
         assert report.methods[ours].cost_usd == pytest.approx(paper.methods[theirs].cost_usd)
     statistics = report.jisi["paper_config"]
