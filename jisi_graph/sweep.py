@@ -2,10 +2,11 @@
 
 - **JiSi**: one full graph run over the test rows (replay models, vote aggregation) per grid
   point. A grid point is a set of context overrides (`{"cost_weight": 0.3}`), applied on top of
-  the caller's `--set` knobs; the default grid sweeps `cost_weight` over [0, 1]. The runs share
-  one bank, one replay pool and one cached embedder (`jisi_graph.embedding_cache`): the query
-  and answer embeddings that dominate a run are computed once, so later points cost only the
-  graph's own work. A point whose context equals the base run's reuses it.
+  the caller's `--set` knobs; the default grid sweeps `cost_weight` over [0, 1], with the probes
+  and without them (`probe_margin` 0: one call by the support set). The runs share one bank,
+  one replay pool and one cached embedder (`jisi_graph.embedding_cache`): the query and answer
+  embeddings that dominate a run are computed once, so later points cost only the graph's own
+  work. A point whose context equals the base run's reuses it.
 - **Avengers-Pro**: alpha over [0, 1] (pure, fitted once on the bank).
 - **Single models** (pool and references) and the base run's other methods: points.
 
@@ -47,9 +48,15 @@ POINT_METHODS = ("jisi", "query-knn", "best-single-on-bank", "avengers-pro", "or
 
 
 def default_jisi_grid() -> list[dict[str, Any]]:
-    """The JiSi grid: `cost_weight` over [0, 1] if the context has it, else `switch_threshold`."""
+    """The JiSi grid: `cost_weight` over [0, 1], twice.
+
+    First with the probes as the base run has them, then with `probe_margin` 0 (route by the
+    support set alone, one call: the cheap end of the frontier). Without a `cost_weight` knob:
+    `switch_threshold`.
+    """
     if "cost_weight" in JisiContext.model_fields:
-        return [{"cost_weight": w} for w in DEFAULT_COST_WEIGHTS]
+        probed = [{"cost_weight": w} for w in DEFAULT_COST_WEIGHTS]
+        return probed + [{"cost_weight": w, "probe_margin": 0.0} for w in DEFAULT_COST_WEIGHTS]
     return [{"switch_threshold": t} for t in FALLBACK_THRESHOLDS]
 
 

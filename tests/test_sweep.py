@@ -75,7 +75,9 @@ def test_cheapest_match() -> None:
 
 
 def test_grids() -> None:
-    assert default_jisi_grid() == [{"cost_weight": w} for w in DEFAULT_COST_WEIGHTS]
+    assert default_jisi_grid() == [{"cost_weight": w} for w in DEFAULT_COST_WEIGHTS] + [
+        {"cost_weight": w, "probe_margin": 0.0} for w in DEFAULT_COST_WEIGHTS
+    ]
     assert parse_grid(["cost_weight=0,0.5", "top_k=2,3"]) == [
         {"cost_weight": "0", "top_k": "2"},
         {"cost_weight": "0", "top_k": "3"},
