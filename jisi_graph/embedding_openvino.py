@@ -32,16 +32,23 @@ from jisi_graph.embedding import Embedder, embedder_cache_dir, plain_tokenizer, 
 from jisi_graph.embedding_corpus import CORPUS_SEED, CORPUS_SIZE, calibration_corpus
 
 OPENVINO_BATCH_SIZE = 8
+PAD_MULTIPLE = 16
+"""Batches are padded to a multiple of this many tokens: OpenVINO keeps compiled kernels per input
+shape, and with every length its own shape the int8 model grew by 1.3 GB over 1,000 calls."""
 _CONVERSION_VERSION = 1
 _QUANTIZATION_VERSION = 1
 _COMPILE_CONFIG = {"INFERENCE_PRECISION_HINT": "bf16", "PERFORMANCE_HINT": "THROUGHPUT"}
 
 
 def pad_batch(
-    sequences: Sequence[Sequence[int]], pad_id: int = 0
+    sequences: Sequence[Sequence[int]], pad_id: int = 0, multiple: int = 1
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Right-pad token ids to the longest: (input_ids, attention_mask, token_type_ids), int64."""
-    width = max((len(ids) for ids in sequences), default=0)
+    """Right-pad token ids to the longest, rounded up to a `multiple` of tokens.
+
+    Returns (input_ids, attention_mask, token_type_ids), int64; padding is masked out.
+    """
+    longest = max((len(ids) for ids in sequences), default=0)
+    width = -(-longest // multiple) * multiple
     input_ids = np.full((len(sequences), width), pad_id, dtype=np.int64)
     mask = np.zeros((len(sequences), width), dtype=np.int64)
     for row, ids in enumerate(sequences):
@@ -114,7 +121,7 @@ class OpenVINOEmbeddings(Embeddings):
         return self._infer_pipelined(batches, inputs, len(texts))
 
     def _inputs(self, sequences: Sequence[Sequence[int]]) -> dict[str, np.ndarray]:
-        input_ids, mask, types = pad_batch(sequences, self.pad_id)
+        input_ids, mask, types = pad_batch(sequences, self.pad_id, PAD_MULTIPLE)
         arrays = {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": types}
         return {name: arrays[name] for name in self._input_names}
 
