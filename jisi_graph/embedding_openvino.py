@@ -21,7 +21,8 @@ import shutil
 import sys
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -278,16 +279,8 @@ def _quantize(ov: Any, cache: Path, target: Path, meta: dict[str, Any]) -> None:
             model_type=nncf.ModelType.TRANSFORMER,
             subset_size=len(examples),
         )
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=cache))
-    try:
+    with _publishing(target, "model.xml") as staging:
         ov.save_model(quantized, str(staging / "model.xml"), compress_to_fp16=False)
-        try:
-            staging.rename(target)
-        except OSError:  # another process quantized it first
-            if not (target / "model.xml").is_file():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _convert_to_openvino(ov: Any, model_path: str, cache: Path) -> None:
@@ -332,9 +325,7 @@ def _convert_to_openvino(ov: Any, model_path: str, cache: Path) -> None:
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         converted = ov.convert_model(_Pooled(), example_input=example)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{cache.name}.", dir=cache.parent))
-    try:
+    with _publishing(cache, "meta.json") as staging:
         ov.save_model(converted, str(staging / "model.xml"), compress_to_fp16=False)
         (staging / "tokenizer.json").write_text(backend.to_str())
         pad_id = backend.token_to_id(model.tokenizer.pad_token or "[PAD]") or 0
@@ -346,10 +337,22 @@ def _convert_to_openvino(ov: Any, model_path: str, cache: Path) -> None:
             "openvino": ov.__version__,
         }
         (staging / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+@contextmanager
+def _publishing(target: Path, last_file: str) -> Iterator[Path]:
+    """A staging directory beside `target`, renamed to it once written (whole, or not at all).
+
+    When another process published `target` first (its `last_file` exists), theirs is kept.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        yield staging
         try:
-            staging.rename(cache)
-        except OSError:  # another process converted it first
-            if not (cache / "meta.json").is_file():
+            staging.rename(target)
+        except OSError:
+            if not (target / last_file).is_file():
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
