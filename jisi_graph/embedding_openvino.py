@@ -118,7 +118,10 @@ class OpenVINOEmbeddings(Embeddings):
         batches = length_batches([len(x) for x in ids], self.batch_size)
         inputs = [self._inputs([ids[i] for i in batch]) for batch in batches]
         if len(batches) == 1:
-            return self._infer_one(inputs[0])
+            # the batch holds the texts by token length: put each vector back in its text's place
+            out = np.empty_like(part := self._infer_one(inputs[0]))
+            out[batches[0]] = part
+            return out
         return self._infer_pipelined(batches, inputs, len(texts))
 
     def _inputs(self, sequences: Sequence[Sequence[int]]) -> dict[str, np.ndarray]:

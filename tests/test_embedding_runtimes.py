@@ -356,3 +356,18 @@ def test_int8_runtime_embeds_queries_in_bf16_and_answers_in_int8() -> None:
     assert 0.98 < float(answer @ bf16.embed_one(text)) < 0.99999
     # the float runtimes embed answers with their one model
     np.testing.assert_allclose(bf16.embed_answers([text]), bf16.embed([text]), atol=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("runtime", ["openvino", "openvino-int8", "torch"])
+@pytest.mark.parametrize("count", [3, 8, 9, 40])
+def test_vectors_come_back_in_the_order_of_the_texts(runtime: str, count: int) -> None:
+    """Batches group texts by token length; each vector must still be its own text's."""
+    embedder = load_embedder(runtime=runtime)
+    # longest first, and a short text of many tokens after a long one of few tokens
+    texts = [("step " * (count - i)) + f"answer {i}" for i in range(count)]
+    texts[-1] = "3.14159 26535 89793 23846 26433 83279"
+    for embed in (embedder.embed, embedder.embed_answers):
+        together = embed(texts)
+        alone = np.stack([embed([text])[0] for text in texts])
+        np.testing.assert_allclose((together * alone).sum(axis=1), 1.0, atol=1e-3)
