@@ -8,15 +8,16 @@ as numpy over the bank's arrays, with no embedding and no model call, for every 
 grid. Aggregation is by vote, graded by the recorded score of the winning candidate, only where
 the query's support set is votable per the manifest; elsewhere the run routes (as `jisi eval`).
 
-Knobs chosen: `query_coef`, `switch_threshold`, `probe_margin`, `top_k`, `candidate_source`,
-and, given a target budget or accuracy, `cost_weight`. Every other knob stays at its default.
+Knobs chosen (`CALIBRATED_KNOBS`): `query_coef`, `switch_threshold`, `probe_margin`, `top_k`,
+`candidate_source`, `cost_weight`, `sample_n`, `stop_on_agreement`, and `support_k` for pure
+support-set routing. Every other knob stays at its default.
 
 Objective: the highest CV macro accuracy whose CV cost per query is within the cap (the target
 budget, else the best single model's own cost), and which is at least as accurate as the best
 single model chosen on the bank and as query-kNN routing; ties go to the cheaper point, then to
 the one nearer the paper's configuration. With a target accuracy: the cheapest point reaching
-it. When no point meets the accuracy floor, the closest simple configuration is taken instead
-and the calibration says so.
+it. When no point meets the accuracy floor, the most accurate point within the cap is taken
+instead and the calibration says so.
 
 Approximations (documented in the file's notes): a model with no answer to a held-out row counts
 as a failed call (no cost; the next model takes its place, without the graph's round limit),

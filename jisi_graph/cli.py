@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 
 from jisi_graph.cli_calibrate import register as register_calibrate_command
+from jisi_graph.cli_common import fail, split_names
 from jisi_graph.cli_live import register as register_live_commands
 
 DEFAULT_ANSWER_WINDOW = 0
@@ -27,19 +28,6 @@ app = typer.Typer(
 )
 bank_app = typer.Typer(help="Build and inspect embedding banks.", no_args_is_help=True)
 app.add_typer(bank_app, name="bank")
-
-
-def fail(message: str, code: int = 2) -> None:
-    """Print an error for the user (no traceback) and exit."""
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code)
-
-
-def _split_names(value: str | None) -> list[str] | None:
-    if value is None:
-        return None
-    names = [name.strip() for name in value.split(",") if name.strip()]
-    return names or None
 
 
 @bank_app.command("build")
@@ -98,11 +86,11 @@ def bank_build(
         fail(f"{out} already exists; choose another --out or pass --force to replace it")
     started = time.perf_counter()
     try:
-        rows = load_rows(data, split=split, models=_split_names(models), limit=limit)
+        rows = load_rows(data, split=split, models=split_names(models), limit=limit)
     except (BankFormatError, FileNotFoundError) as error:
         fail(str(error))
-    declared = {name: True for name in _split_names(votable) or []}
-    declared.update({name: False for name in _split_names(not_votable) or []})
+    declared = {name: True for name in split_names(votable) or []}
+    declared.update({name: False for name in split_names(not_votable) or []})
     unknown = sorted(set(declared) - {row.dataset for row in rows})
     if unknown:
         fail(f"--votable/--not-votable name datasets not in the data: {', '.join(unknown)}")
@@ -123,7 +111,7 @@ def bank_build(
             rows,
             model,
             source=source,
-            models=_split_names(models),
+            models=split_names(models),
             votable=declared,
             answer_window=answer_window or None,
             progress=True,
@@ -234,8 +222,8 @@ def eval_command(
                 data=data,
                 bank=bank,
                 split=split,
-                pool=_split_names(pool),
-                references=_split_names(references) or [],
+                pool=split_names(pool),
+                references=split_names(references) or [],
                 limit=limit,
                 concurrency=concurrency,
                 overrides=overrides,
@@ -250,8 +238,8 @@ def eval_command(
             data,
             bank,
             split=split,
-            pool=_split_names(pool),
-            references=_split_names(references) or [],
+            pool=split_names(pool),
+            references=split_names(references) or [],
             limit=limit,
             concurrency=concurrency,
             overrides=overrides,

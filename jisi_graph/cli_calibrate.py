@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from jisi_graph.cli_common import fail
+from jisi_graph.cli_common import fail, split_names
 
 
 def calibrate_command(
@@ -43,7 +43,7 @@ def calibrate_command(
     from jisi_graph.bank.schema import BankFormatError
     from jisi_graph.calibrate import CalibrateError, calibrate
 
-    names = [n.strip() for n in pool.split(",") if n.strip()] if pool else None
+    names = split_names(pool)
     try:
         result = calibrate(
             bank,

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from jisi_graph.cli_common import fail, parse_overrides
+from jisi_graph.cli_common import fail, parse_overrides, split_names
 
 HOST_HELP = "Interface to listen on (loopback unless told otherwise)"
 
@@ -143,7 +143,7 @@ def replay_serve(
     from jisi_graph.replay_server import create_replay_app
 
     try:
-        chosen = [name.strip() for name in models.split(",") if name.strip()] if models else None
+        chosen = split_names(models)
         rows = load_rows(data, split=split, models=chosen)
     except (BankFormatError, FileNotFoundError) as error:
         fail(str(error))

@@ -7,8 +7,9 @@ of `routing.py` take their defaults from here, so each default lives in exactly 
 
 from __future__ import annotations
 
+import json
 import os
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -189,3 +190,14 @@ class JisiContext(BaseModel):
 
 DEFAULTS = JisiContext()
 """The paper's configuration: every knob at its default."""
+
+
+def knob_value(raw: str) -> Any:
+    """A knob's value given as text (`--set`), which JisiContext then validates.
+
+    JSON when it parses (numbers, true/false, null), else the string itself.
+    """
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw

@@ -24,7 +24,7 @@ from jisi_graph.bank.schema import BankRow
 from jisi_graph.bank.store import Bank
 from jisi_graph.baselines.avengers_pro import avengers_pro_outcomes
 from jisi_graph.calibration import CalibrationError, apply_calibration
-from jisi_graph.context import JisiContext
+from jisi_graph.context import JisiContext, knob_value
 from jisi_graph.embedding import Embedder
 from jisi_graph.embedding_cache import embed_queries, with_cache
 from jisi_graph.report import EvalReport, RowResult
@@ -58,14 +58,14 @@ class RowRun:
     error: str | None = None
 
 
-def parse_overrides(items: Sequence[str]) -> dict[str, str]:
-    """`KNOB=VALUE` strings as a dict (values stay strings; JisiContext converts them)."""
-    overrides: dict[str, str] = {}
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """`KNOB=VALUE` strings as a dict, values read as `jisi ask` reads them (`knob_value`)."""
+    overrides: dict[str, Any] = {}
     for item in items:
         knob, sep, value = item.partition("=")
         if not sep or not knob.strip():
             raise EvalConfigError(f"--set expects KNOB=VALUE, got {item!r}")
-        overrides[knob.strip()] = value.strip()
+        overrides[knob.strip()] = knob_value(value.strip())
     return overrides
 
 

@@ -3,6 +3,7 @@
 embed -> retrieve -> score_aggregators -(probes, in parallel)-> generate -> route
 route -(candidates that were not probes, in parallel)-> generate -> route
 route -(switch)-> aggregate -> finalize   |   route -(switch)-> finalize
+score_aggregators -(a clear leader by probe_margin)-> generate (it alone) | -(no model)-> finalize
 """
 
 from __future__ import annotations

@@ -395,10 +395,9 @@ def test_plot_is_written(hand_report: EvalReport, tmp_path: Path) -> None:
 
 
 def test_parse_overrides() -> None:
-    assert parse_overrides(["top_k=2", " switch_threshold = 0.9 "]) == {
-        "top_k": "2",
-        "switch_threshold": "0.9",
-    }
+    assert parse_overrides(
+        ["top_k=2", " switch_threshold = 0.9 ", "probe_margin=null", "aggregation=vote"]
+    ) == {"top_k": 2, "switch_threshold": 0.9, "probe_margin": None, "aggregation": "vote"}
     with pytest.raises(EvalConfigError, match="KNOB=VALUE"):
         parse_overrides(["top_k"])
 
@@ -408,6 +407,7 @@ def test_eval_context_votes_and_validates_overrides() -> None:
     assert (context.aggregation, context.top_k, context.show_confidence) == ("vote", 2, True)
     with pytest.raises(EvalConfigError, match="cannot be evaluated from recorded rows"):
         eval_context({"aggregation": "llm"})
+    assert eval_context(parse_overrides(["probe_margin=null"])).probe_margin is None
     with pytest.raises(EvalConfigError, match="cannot be evaluated from recorded rows"):
         eval_context({"aggregation": "vote_or_llm"})
     with pytest.raises(EvalConfigError, match="unknown knob 'topk'"):
