@@ -11,6 +11,7 @@ a model with no record on a row scores 0 and costs 0 there. A recorded cost of n
 from __future__ import annotations
 
 import math
+import re
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -269,6 +270,18 @@ def _require_aligned(rows: Sequence[BankRow], decisions: Sequence[Decision | Non
         raise ValueError(f"{len(decisions)} decisions for {len(rows)} rows")
 
 
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:e-?\d+)?")
+
+
+def fallback_kind(fallback: str) -> str:
+    """A fallback's reason with its figures as `#`, so that alike reasons count together."""
+    return _NUMBER.sub("#", fallback)
+
+
+def _probed(decision: Decision) -> bool:
+    return any(call.role == "probe" for call in decision.calls)
+
+
 def run_statistics(decisions: Sequence[Decision | None]) -> dict[str, object]:
     """How the graph behaved: how often it aggregated, voted, routed, failed; calls per row."""
     n = len(decisions)
@@ -276,7 +289,7 @@ def run_statistics(decisions: Sequence[Decision | None]) -> dict[str, object]:
     if n == 0:
         return {"rows": 0}
     failed_calls = Counter(call.model for d in done for call in d.calls if not call.ok)
-    fallbacks = Counter(d.fallback for d in done if d.fallback)
+    fallbacks = Counter(fallback_kind(d.fallback) for d in done if d.fallback)
     switch = Counter(str(d.switch_n) for d in done)
 
     def fraction(count: int) -> float:
@@ -290,8 +303,9 @@ def run_statistics(decisions: Sequence[Decision | None]) -> dict[str, object]:
         "votable_fraction": fraction(sum(d.votable for d in done)),
         "mean_calls": sum(len(d.calls) for d in done) / len(done) if done else 0.0,
         "extra_candidate_call_fraction": fraction(
-            sum(any(c.role == "candidate" for c in d.calls) for d in done)
+            sum(_probed(d) and any(c.role == "candidate" for c in d.calls) for d in done)
         ),
+        "no_probe_fraction": fraction(sum(bool(d.calls) and not _probed(d) for d in done)),
         "mean_support_size": sum(d.support_size for d in done) / len(done) if done else 0.0,
         "switch_n": dict(sorted(switch.items())),
         "failures": sum(failed_calls.values()),

@@ -26,6 +26,7 @@ from typing import Any
 
 from jisi_graph.bank.store import Bank
 from jisi_graph.baselines.avengers_pro import AvengersPro, score_picks
+from jisi_graph.calibration import Calibration, apply_calibration
 from jisi_graph.context import JisiContext
 from jisi_graph.embedding import Embedder
 from jisi_graph.embedding_cache import cache_stats, embed_queries, with_cache
@@ -110,6 +111,17 @@ def same_settings(a: JisiContext, b: JisiContext) -> bool:
     `cost_weight=0` set explicitly is not the default context on a calibrated bank.
     """
     return a == b and a.model_fields_set == b.model_fields_set
+
+
+def run_settings(
+    context: JisiContext, calibration: Calibration | None, pool: Sequence[str]
+) -> JisiContext:
+    """The knobs a run really uses: `context` with the bank's calibration taken in.
+
+    Two grid points with equal run settings give the same run (on a bank calibrated with
+    `probe_margin` 0, `cost_weight=w` and `cost_weight=w, probe_margin=0` are one run).
+    """
+    return apply_calibration(context, calibration, pool)[0]
 
 
 @dataclass
@@ -239,10 +251,26 @@ def sweep(
     base_stats = cache_stats(cached)
     misses_after_base = base_stats.misses if base_stats is not None else None
     rows = load_rows(data, split=split, limit=limit)
-    graph = build_graph(Resources(loaded, cached, replay_pool(rows, pool_models)))
+    resources = Resources(loaded, cached, replay_pool(rows, pool_models))
+    graph = build_graph(resources)
+    base_settings = run_settings(base_context, resources.calibration, pool_models)
+    runs_so_far: list[tuple[JisiContext, Point]] = []
     jisi_points: list[Point] = []
     for point, context in zip(grid, contexts, strict=True):
-        if same_settings(context, base_context):
+        settings = run_settings(context, resources.calibration, pool_models)
+        earlier = next((p for s, p in runs_so_far if s == settings), None)
+        if earlier is not None:
+            jisi_points.append(
+                Point(
+                    cost=earlier.cost,
+                    accuracy=earlier.accuracy,
+                    knobs=dict(point),
+                    accuracy_micro=earlier.accuracy_micro,
+                    extra={**earlier.extra, "same_run_as": dict(earlier.knobs)},
+                )
+            )
+            continue
+        if same_settings(context, base_context) or settings == base_settings:
             stats = base.jisi
             jisi_points.append(
                 point_of(
@@ -253,6 +281,7 @@ def sweep(
                     error_rows=stats.get("row_errors"),
                 )
             )
+            runs_so_far.append((settings, jisi_points[-1]))
             continue
         began = time.perf_counter()
         runs = run_graph(graph, rows, context, concurrency=concurrency, progress=progress)
@@ -268,6 +297,7 @@ def sweep(
                 wall_seconds=round(time.perf_counter() - began, 2),
             )
         )
+        runs_so_far.append((settings, jisi_points[-1]))
     router = AvengersPro.from_bank(loaded, pool_models)
     queries = embed_queries(cached, [row.query for row in rows])
     avengers = [

@@ -33,6 +33,11 @@ def _match_cell(match: Mapping[str, Any] | None) -> str:
     )
 
 
+def _same_run(point: Point) -> str:
+    same = point.extra.get("same_run_as")
+    return f" (same run as {_knobs(same)})" if same else ""
+
+
 def curve_rows(report: SweepReport) -> list[list[str]]:
     """One table row per curve point: method, knobs, macro %, micro %, cost, on the envelope."""
     rows = []
@@ -42,7 +47,7 @@ def curve_rows(report: SweepReport) -> list[list[str]]:
             rows.append(
                 [
                     name,
-                    _knobs(point.knobs),
+                    _knobs(point.knobs) + _same_run(point),
                     _pct(point.accuracy),
                     _pct(point.accuracy_micro),
                     f"{point.cost:.4f}",

@@ -542,3 +542,39 @@ def test_eval_on_a_calibrated_bank_keeps_the_paper_configuration_row(
     # the calibration (probe_margin 0.2 routes the x rows to cheap alone) pays less
     assert report.methods["jisi"].cost_usd < report.methods["jisi-paper"].cost_usd
     assert "jisi-paper is the same graph" in render_markdown(report)
+
+
+def test_sweep_runs_a_setting_once_on_a_calibrated_bank(
+    cluster: tuple[Path, Embedder, list[BankRow], Path], tmp_path: Path
+) -> None:
+    from jisi_graph.sweep import sweep
+    from jisi_graph.sweep_report import curve_rows
+
+    directory, embedder, rows, data = cluster
+    calibrated_bank(cluster, tmp_path)
+    grid = [
+        {"cost_weight": 0.5},
+        {"cost_weight": 0.5, "probe_margin": 0.2},  # the calibration's margin: the same run
+        {"probe_margin": 0.2},  # every knob as calibrated: the base run
+        {"cost_weight": 0.5, "probe_margin": 0.0},  # another margin: a run of its own
+    ]
+    try:
+        report = sweep(
+            data, directory, split=rows[0].split, embedder=embedder, grid=grid, alphas=[1.0],
+            progress=False,
+        )  # fmt: skip
+    finally:
+        (directory / CALIBRATION_NAME).unlink()
+    first, same, base, other = report.curves["jisi"]
+    assert same.extra["same_run_as"] == {"cost_weight": 0.5}
+    assert (same.cost, same.accuracy) == (first.cost, first.accuracy)
+    assert "wall_seconds" in first.extra and "same_run_as" not in first.extra
+    assert "wall_seconds" not in base.extra  # taken from the base run, not run again
+    assert base.accuracy == report.base.methods["jisi"].accuracy_macro
+    assert base.cost == pytest.approx(report.base.methods["jisi"].cost_usd)
+    assert "wall_seconds" in other.extra and "same_run_as" not in other.extra
+    # probe_margin 0 routes every row alone: no probes, one call per row
+    assert other.extra["mean_calls"] == 1.0
+    assert curve_rows(report)[1][1] == (
+        "cost_weight=0.5, probe_margin=0.2 (same run as cost_weight=0.5)"
+    )

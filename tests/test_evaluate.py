@@ -31,6 +31,7 @@ from jisi_graph.scoring import (
     ROUTED_ONLY_NOTE,
     Outcome,
     best_on_bank,
+    fallback_kind,
     router_only_cost,
     run_statistics,
     score_jisi,
@@ -347,7 +348,31 @@ def test_run_statistics(hand_report: EvalReport) -> None:
     assert stats["failures_by_model"] == {"B": 1}
     assert stats["error_rows"] == 0
     assert stats["extra_candidate_call_fraction"] == pytest.approx(1.0)
+    assert stats["no_probe_fraction"] == 0.0
     assert run_statistics([None, DECISIONS[0]])["error_rows"] == 1
+
+
+def test_run_statistics_count_alike_fallbacks_together() -> None:
+    def skipped(margin: str) -> Decision:
+        alone = decision(
+            support={"A": 0.9, "B": 0.1},
+            probes=[],
+            candidates=[("A", True)],
+            calls=[call("A", "candidate", 0.3)],
+            source="A",
+            mode="route",
+        )
+        reason = f"the top model leads the next by {margin} >= probe_margin 0.3: routed to it"
+        return alone.model_copy(update={"fallback": reason})
+
+    stats = run_statistics([skipped("0.3172"), skipped("0.41"), DECISIONS[0]])
+    assert stats["fallbacks"] == {
+        "the top model leads the next by # >= probe_margin #: routed to it": 2
+    }
+    # a leader asked alone is not an extra candidate: no probe came before it
+    assert stats["extra_candidate_call_fraction"] == pytest.approx(1 / 3)
+    assert stats["no_probe_fraction"] == pytest.approx(2 / 3)
+    assert fallback_kind("cost weight 0.4, margin 1e-05, -2") == "cost weight #, margin #, #"
 
 
 def test_json_report_structure(hand_report: EvalReport, tmp_path: Path) -> None:
