@@ -37,8 +37,16 @@ from jisi_graph.scoring import MethodResult, run_statistics, score_jisi, summari
 
 DEFAULT_ALPHAS: tuple[float, ...] = tuple(round(i / 20, 2) for i in range(21))
 """Avengers-Pro's alpha: 0 (cost only) to 1 (accuracy only), step 0.05."""
-DEFAULT_COST_WEIGHTS: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
-"""JiSi's `cost_weight`: 0 (quality only, the paper) to 1 (cost only)."""
+DEFAULT_COST_WEIGHTS: tuple[float, ...] = (
+    *(0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3),
+    *(0.4, 0.5, 0.6, 0.7),
+    *(0.8, 0.85, 0.9, 0.925, 0.95, 0.975, 1.0),
+)
+"""JiSi's `cost_weight`: 0 (quality only, the paper) to 1 (cost only), finer at both ends.
+
+The routing changes fastest there: near 0, where the dearest models leave the top ranks,
+and near 1, where the cost term's min-max scale crowds the cheap models together.
+"""
 FALLBACK_THRESHOLDS: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 """`switch_threshold` values swept when the context has no `cost_weight` knob."""
 JISI = "jisi"

@@ -75,6 +75,9 @@ def test_cheapest_match() -> None:
 
 
 def test_grids() -> None:
+    assert DEFAULT_COST_WEIGHTS[0] == 0.0 and DEFAULT_COST_WEIGHTS[-1] == 1.0
+    assert list(DEFAULT_COST_WEIGHTS) == sorted(set(DEFAULT_COST_WEIGHTS))
+    assert len(DEFAULT_COST_WEIGHTS) == 18
     assert default_jisi_grid() == [{"cost_weight": w} for w in DEFAULT_COST_WEIGHTS] + [
         {"cost_weight": w, "probe_margin": 0.0} for w in DEFAULT_COST_WEIGHTS
     ]
