@@ -4,7 +4,8 @@
 
 The compiled JiSi graph is added as a node of a graph whose state is `MessagesState`: it answers
 the conversation's last user message and appends its answer as an AI message. The bank and the
-pool are given per run as context; the checkpointer keeps each thread's conversation.
+pool are given per run as context; the checkpointer keeps each thread's conversation. When no
+model answers, JiSi adds no message and says why in `error`, a key the chat state shares.
 """
 
 from __future__ import annotations
@@ -19,9 +20,15 @@ from langgraph.graph.state import CompiledStateGraph
 from jisi_graph.graph import graph as jisi
 
 
+class ChatState(MessagesState):
+    """The conversation, and why JiSi could not answer the last turn (None when it did)."""
+
+    error: str | None
+
+
 def build_chat() -> CompiledStateGraph:
     """A one-node chat graph whose node is JiSi, remembering each thread."""
-    builder = StateGraph(MessagesState)
+    builder = StateGraph(ChatState)
     builder.add_node("jisi", jisi)
     builder.add_edge(START, "jisi")
     builder.add_edge("jisi", END)
@@ -41,7 +48,10 @@ def main() -> None:
     context = {"bank": args.bank, "pool": args.pool}
     for question in args.questions:
         state = chat.invoke({"messages": [HumanMessage(question)]}, config, context=context)
-        print(f"Q: {question}\nA: {state['messages'][-1].content}\n")
+        if state.get("error"):
+            print(f"Q: {question}\nno answer: {state['error']}\n")
+        else:
+            print(f"Q: {question}\nA: {state['messages'][-1].content}\n")
     print(f"{len(state['messages'])} messages in the conversation")
 
 

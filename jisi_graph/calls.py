@@ -36,6 +36,10 @@ from jisi_graph.tokens import count_tokens
 
 RECORDED_COST_KEY = "recorded_cost_usd"
 MAX_BACKOFF_S = 8.0
+STATUS_HINTS = {
+    404: " (an unknown model id, or a question that a replay server has no record of)",
+}
+"""What a bare status usually means, added to its message."""
 _RETRYABLE = {"timeout", "rate_limited", "server_error", "connection", "bad_response", "empty"}
 
 
@@ -173,7 +177,9 @@ def describe_error(error: BaseException) -> tuple[str, str, float | None]:
         if isinstance(error, openai.APIStatusError):
             status = error.status_code
             kind = "server_error" if status >= 500 else "http_error"
-            return kind, f"HTTP {status} from the endpoint", _retry_after(error)
+            # The endpoint's own message is not repeated: error bodies can echo request headers.
+            hint = STATUS_HINTS.get(status, "")
+            return kind, f"HTTP {status} from the endpoint{hint}", _retry_after(error)
         if isinstance(error, openai.APIConnectionError):
             return "connection", "the connection failed or was dropped", None
         if isinstance(error, openai.APIResponseValidationError | ValueError):

@@ -72,7 +72,7 @@ def bank_build(
     force: Annotated[bool, typer.Option(help="Replace an existing bank at --out")] = False,
 ) -> None:
     """Embed a data file's queries and answers once and write a bank directory."""
-    from jisi_graph.bank.build import BankExistsError, build_bank, write_bank
+    from jisi_graph.bank.build import BankExistsError, build_bank, check_bank_target, write_bank
     from jisi_graph.bank.loaders import file_sha256, load_rows
     from jisi_graph.bank.manifest import SourceRecord
     from jisi_graph.bank.schema import BankFormatError
@@ -82,8 +82,10 @@ def bank_build(
         fail("--limit must be at least 1")
     if answer_window < 0 or 0 < answer_window < MIN_WINDOW:
         fail(f"--answer-window must be 0 (the whole window) or at least {MIN_WINDOW} tokens")
-    if out.exists() and not force:
-        fail(f"{out} already exists; choose another --out or pass --force to replace it")
+    try:
+        check_bank_target(out, force=force)
+    except BankExistsError as error:
+        fail(str(error))
     started = time.perf_counter()
     try:
         rows = load_rows(data, split=split, models=split_names(models), limit=limit)
@@ -127,7 +129,8 @@ def bank_build(
     typer.echo(
         f"bank written to {target}: {manifest.rows} rows, {len(manifest.models)} models, "
         f"{manifest.answers} answers ({manifest.distinct_texts} distinct texts embedded) "
-        f"in {elapsed:.1f} s with the {model.runtime} runtime"
+        f"in {elapsed:.1f} s ({manifest.build_seconds:.1f} s embedding and building arrays) "
+        f"with the {model.runtime} runtime"
         + (
             f" (answers cut to their last {manifest.embedder.answer_window} tokens)"
             if manifest.embedder.answer_window

@@ -163,6 +163,9 @@ def render_markdown(report: EvalReport) -> str:
         "|" + "|".join(["---", *["---:"] * (len(header) - 1)]) + "|",
         *("| " + " | ".join(row) + " |" for row in body),
         "",
+        f"Accuracy: macro is the mean over datasets, micro over rows. Cost: the total over the "
+        f"{run.get('rows')} rows.",
+        "",
     ]
     router_only = report.methods.get("jisi-router-only")
     if router_only is not None and "cost_usd_routed_only" in router_only.extra:

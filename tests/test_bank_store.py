@@ -232,6 +232,39 @@ def test_write_with_force_replaces(small_bank_dir: Path) -> None:
     assert sorted(p.name for p in small_bank_dir.parent.iterdir()) == ["bank"]
 
 
+def test_force_never_deletes_what_is_not_a_bank(tmp_path: Path, small_bank: Bank) -> None:
+    folder = tmp_path / "notes"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "notes.txt").write_text("precious")
+    with pytest.raises(BankExistsError, match="is not a bank .no manifest.json. and is not empty"):
+        write_bank(small_bank, folder, force=True)
+    assert (folder / "notes.txt").read_text() == "precious" and (folder / "sub").is_dir()
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("keep me")
+    with pytest.raises(BankExistsError, match="is not a directory: --force only replaces a bank"):
+        write_bank(small_bank, a_file, force=True)
+    assert a_file.read_text() == "keep me"
+    with pytest.raises(BankExistsError, match="it is not a directory"):
+        write_bank(small_bank, a_file / "bank")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert write_bank(small_bank, empty, force=True) == empty
+    assert Bank.load(empty).size == small_bank.size
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "file.txt", "notes"]
+
+
+def test_cli_build_force_refuses_a_folder_that_is_not_a_bank(tmp_path: Path) -> None:
+    data = tmp_path / "rows.jsonl"
+    data.write_text(json.dumps({"query": "q", "records": {"a": 1.0}}) + "\n")
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("precious")
+    result = CliRunner().invoke(app, ["bank", "build", str(data), "--out", str(folder), "--force"])
+    assert result.exit_code == 2
+    assert "is not a bank (no manifest.json)" in result.output
+    assert (folder / "notes.txt").read_text() == "precious"
+
+
 def test_failed_write_keeps_the_old_bank(
     small_bank_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -107,7 +107,12 @@ def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
             1.5,
         ),
         (status_error(openai.BadRequestError, 400), "http_error", "HTTP 400", None),
-        (status_error(openai.NotFoundError, 404), "http_error", "HTTP 404", None),
+        (
+            status_error(openai.NotFoundError, 404),
+            "http_error",
+            "HTTP 404 from the endpoint (an unknown model id, or a question that a replay server",
+            None,
+        ),
         (TimeoutError("read timed out"), "timeout", "timed out", None),
         (httpx.ReadTimeout("read timed out"), "timeout", "timed out", None),
         (httpx.RemoteProtocolError("peer closed"), "connection", "dropped", None),

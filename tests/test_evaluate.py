@@ -406,6 +406,7 @@ def test_table_and_markdown_show_percentages(hand_report: EvalReport) -> None:
     markdown = render_markdown(hand_report)
     assert "| single:C | 25.00 | 33.33 | 50.00 | 0.00 | 0.4000 |" in markdown
     assert "0.4000 USD with the reference code's way" in markdown
+    assert f"Cost: the total over the {hand_report.run['rows']} rows." in markdown
 
 
 def test_plot_is_written(hand_report: EvalReport, tmp_path: Path) -> None:

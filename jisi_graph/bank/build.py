@@ -13,7 +13,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from jisi_graph.bank.manifest import BankManifest, EmbedderRecord, SourceRecord
+from jisi_graph.bank.manifest import MANIFEST_NAME, BankManifest, EmbedderRecord, SourceRecord
 from jisi_graph.bank.schema import BankRow
 from jisi_graph.bank.store import Bank
 from jisi_graph.embedding import Embedder
@@ -135,13 +135,34 @@ def build_bank(
     )
 
 
-def write_bank(bank: Bank, out_dir: str | Path, *, force: bool = False) -> Path:
-    """Save a bank to `out_dir` atomically: a failed write leaves any existing bank intact."""
+def check_bank_target(out_dir: str | Path, *, force: bool = False) -> Path:
+    """Where a bank may be written: a new path, or with `force` an existing bank or empty folder.
+
+    Raises BankExistsError for anything else, so that `--force` never deletes what is not a bank.
+    """
     target = Path(out_dir)
-    if target.exists() and not force:
+    if not target.exists() and not target.is_symlink():
+        parent = next((p for p in target.parents if p.exists()), None)
+        if parent is not None and not parent.is_dir():
+            raise BankExistsError(f"cannot write a bank under {parent}: it is not a directory")
+        return target
+    if not force:
         raise BankExistsError(
             f"{target} already exists; choose another --out or pass --force to replace it"
         )
+    if target.is_symlink() or not target.is_dir():
+        raise BankExistsError(f"{target} is not a directory: --force only replaces a bank")
+    if not (target / MANIFEST_NAME).is_file() and any(target.iterdir()):
+        raise BankExistsError(
+            f"{target} is not a bank (no {MANIFEST_NAME}) and is not empty: --force only "
+            "replaces a bank, so nothing was deleted; choose another --out"
+        )
+    return target
+
+
+def write_bank(bank: Bank, out_dir: str | Path, *, force: bool = False) -> Path:
+    """Save a bank to `out_dir` atomically: a failed write leaves any existing bank intact."""
+    target = check_bank_target(out_dir, force=force)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:

@@ -69,7 +69,9 @@ class BankManifest(BaseModel):
     distinct_texts: int = Field(description="Distinct texts actually embedded")
     source: SourceRecord
     built_at: str
-    build_seconds: float
+    build_seconds: float = Field(
+        description="Seconds spent embedding and building the arrays (loading and writing excluded)"
+    )
     votable: dict[str, bool]
     votability: dict[str, dict[str, Any]] = Field(default_factory=dict)
     has_agg_records: bool = False
