@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,6 +92,7 @@ class Embedder:
         progress: bool | str,
         window: int | None,
     ) -> np.ndarray:
+        texts = [encodable(text) for text in texts]
         if window is not None and (self.window is None or window < self.window):
             texts = self.keep_last_tokens(texts, window)
         distinct = list(dict.fromkeys(texts))
@@ -126,7 +128,27 @@ class Embedder:
 
     def embed_one(self, text: str) -> np.ndarray:
         """Embed one text (a query) as a (dim,) float32 unit vector."""
-        return normalise(np.asarray([self.embeddings.embed_query(text)], dtype=np.float32))[0]
+        vector = self.embeddings.embed_query(encodable(text))
+        return normalise(np.asarray([vector], dtype=np.float32))[0]
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def first_lone_surrogate(text: str) -> int | None:
+    """The position of the first unpaired surrogate in `text` (not valid Unicode), or None."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        return error.start
+    return None
+
+
+def encodable(text: str) -> str:
+    """`text` with any unpaired surrogate replaced (U+FFFD), so that tokenizers accept it."""
+    if first_lone_surrogate(text) is None:
+        return text
+    return _SURROGATE.sub("\ufffd", text)
 
 
 def cut_text(text: str, tokenizer: Any, window: int) -> str:

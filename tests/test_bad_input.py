@@ -56,6 +56,11 @@ def graph_of(path_bank: tuple[Bank, Embedder], models: dict[str, ScriptedChat]) 
     [
         ({"query": ""}, "the query is empty: send a question in 'query' or 'messages'"),
         ({"query": " \n\t "}, "the query is empty: send a question in 'query' or 'messages'"),
+        ({"query": 5}, "the query must be a string, got int"),
+        (
+            {"query": "what is \udc00 2 + 2?"},
+            "the query is not valid Unicode text: an unpaired surrogate at character 8",
+        ),
         ({"query": "x" * ONE_MB}, f"the query is {ONE_MB} characters long; at most 200000"),
         (
             {"messages": [HumanMessage(content="y" * (MAX_QUERY_CHARS + 1))]},

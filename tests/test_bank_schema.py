@@ -110,6 +110,14 @@ def test_missing_query() -> None:
     assert str(err) == "data.jsonl.gz, line 17, field 'query': required field is missing"
 
 
+def test_query_with_an_unpaired_surrogate() -> None:
+    err = error_for(make_row(query="ab\udc00"))
+    assert str(err) == (
+        "data.jsonl.gz, line 17, field 'query': query is not valid Unicode text: an unpaired "
+        "surrogate at character 2"
+    )
+
+
 @pytest.mark.parametrize("query", ["", "   \n\t"])
 def test_empty_query(query: str) -> None:
     err = error_for(make_row(query=query))

@@ -371,3 +371,14 @@ def test_vectors_come_back_in_the_order_of_the_texts(runtime: str, count: int) -
         together = embed(texts)
         alone = np.stack([embed([text])[0] for text in texts])
         np.testing.assert_allclose((together * alone).sum(axis=1), 1.0, atol=1e-3)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("runtime", ["openvino-int8", "torch"])
+def test_an_unpaired_surrogate_in_an_answer_is_embedded_as_a_replacement(runtime: str) -> None:
+    """A model's answer may hold an unpaired surrogate; the tokenizer refuses such text."""
+    embedder = load_embedder(runtime=runtime)
+    broken, replaced = "the answer is \udc00 42", "the answer is \ufffd 42"
+    for embed in (embedder.embed, embedder.embed_answers):
+        np.testing.assert_allclose(embed([broken, "x"]), embed([replaced, "x"]), atol=1e-6)
+    np.testing.assert_allclose(embedder.embed_one(broken), embedder.embed_one(replaced), atol=1e-6)

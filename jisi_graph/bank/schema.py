@@ -103,6 +103,14 @@ def _check_query(value: Any) -> str:
         )
     if not value.strip():
         raise PydanticCustomError("query_empty", "query is empty", {})
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise PydanticCustomError(
+            "query_unicode",
+            "query is not valid Unicode text: an unpaired surrogate at character {at}",
+            {"at": error.start},
+        ) from None
     return value
 
 

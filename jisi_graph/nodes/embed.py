@@ -9,6 +9,7 @@ from langgraph.runtime import Runtime
 
 from jisi_graph.calibration import apply_calibration
 from jisi_graph.context import JisiContext
+from jisi_graph.embedding import first_lone_surrogate
 from jisi_graph.nodes.common import JisiInputError, context_of, emit
 from jisi_graph.resources import ResourceProvider
 from jisi_graph.state import JisiState
@@ -40,7 +41,9 @@ def read_query(state: JisiState) -> tuple[str, list[dict[str, str]]]:
     """
     query = state.get("query")
     if query is not None:
-        if not isinstance(query, str) or not query.strip():
+        if not isinstance(query, str):
+            raise JisiInputError(f"the query must be a string, got {type(query).__name__}")
+        if not query.strip():
             raise JisiInputError("the query is empty: send a question in 'query' or 'messages'")
         return check_length(query), [{"role": "user", "content": query}]
     messages = state.get("messages") or []
@@ -56,10 +59,15 @@ def read_query(state: JisiState) -> tuple[str, list[dict[str, str]]]:
 
 
 def check_length(query: str) -> str:
-    """`query`, or a `JisiInputError` if it is longer than `MAX_QUERY_CHARS`."""
+    """`query`, or a `JisiInputError` if it is longer than `MAX_QUERY_CHARS` or not valid text."""
     if len(query) > MAX_QUERY_CHARS:
         raise JisiInputError(
             f"the query is {len(query)} characters long; at most {MAX_QUERY_CHARS}"
+        )
+    at = first_lone_surrogate(query)
+    if at is not None:
+        raise JisiInputError(
+            f"the query is not valid Unicode text: an unpaired surrogate at character {at}"
         )
     return query
 
