@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from jisi_graph.cli_calibrate import register as register_calibrate_command
-from jisi_graph.cli_common import fail, split_names
+from jisi_graph.cli_common import check_output_paths, fail, split_names
 from jisi_graph.cli_live import register as register_live_commands
 
 DEFAULT_ANSWER_WINDOW = 0
@@ -99,8 +99,8 @@ def bank_build(
     typer.echo(f"{len(rows)} {split} rows from {data}; loading the embedder...", err=True)
     try:
         model = load_embedder(embedder, runtime=embedder_runtime, window=window)
-    except ValueError as error:
-        fail(str(error))
+    except (ValueError, OSError) as error:
+        fail(f"cannot load the embedder {embedder or 'default'!r}: {error}")
     local = Path(data)
     source = SourceRecord(
         path=str(local.resolve()) if local.exists() else data,
@@ -214,6 +214,7 @@ def eval_command(
         fail("--concurrency must be at least 1")
     if not sweep and (sweep_grid or alphas is not None):
         fail("--sweep-grid and --alphas only apply with --sweep")
+    check_output_paths(json=json_out, markdown=markdown, plot=plot, rows=rows_out)
     try:
         overrides = parse_overrides(knobs or [])
         if uncalibrated:
@@ -247,7 +248,7 @@ def eval_command(
             concurrency=concurrency,
             overrides=overrides,
         )
-    except (EvalConfigError, BankMismatchError, BankFormatError, FileNotFoundError) as error:
+    except (EvalConfigError, BankMismatchError, BankFormatError, OSError) as error:
         fail(str(error))
     typer.echo(format_table(report))
     stats = report.jisi

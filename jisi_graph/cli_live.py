@@ -9,7 +9,14 @@ from typing import Annotated, Any
 
 import typer
 
-from jisi_graph.cli_common import fail, parse_overrides, split_names
+from jisi_graph.cli_common import (
+    bind_port,
+    check_output_paths,
+    fail,
+    parse_overrides,
+    serve_on,
+    split_names,
+)
 
 HOST_HELP = "Interface to listen on (loopback unless told otherwise)"
 
@@ -78,6 +85,8 @@ def ask(
         }
         json.dump(shown, sys.stdout, indent=2, ensure_ascii=False)
         sys.stdout.write("\n")
+        if result.get("error"):
+            raise typer.Exit(1)  # the JSON says why; the exit code says it failed
     elif result.get("error"):
         fail(result["error"], code=1)
     else:
@@ -94,7 +103,7 @@ def serve(
     bank: Annotated[Path, typer.Option(help="Bank directory")],
     pool: Annotated[Path, typer.Option(help="Pool file (YAML)")],
     host: Annotated[str, typer.Option(help=HOST_HELP)] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port")] = 8000,
+    port: Annotated[int, typer.Option(help="Port (0: any free one)", min=0, max=65535)] = 8000,
     token: Annotated[
         str | None,
         typer.Option(envvar="JISI_SERVE_TOKEN", help="Require this bearer token (or env var)"),
@@ -106,8 +115,6 @@ def serve(
     ] = None,
 ) -> None:
     """Serve JiSi as an OpenAI-compatible endpoint: /v1/chat/completions, model `jisi`."""
-    import uvicorn
-
     from jisi_graph.server import create_app
 
     context = _context(bank, pool, overrides)
@@ -115,14 +122,16 @@ def serve(
     app = create_app(
         graph, context, token=token, max_body_bytes=max_body_bytes, max_messages=max_messages
     )
+    sock = bind_port(host, port)
+    port = sock.getsockname()[1]
     typer.echo(f"jisi serving on http://{host}:{port}/v1 (model 'jisi')", err=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    serve_on(app, sock)
 
 
 def replay_serve(
     data: Annotated[str, typer.Option(help="JiSi rows to answer from (.jsonl, .jsonl.gz)")],
     host: Annotated[str, typer.Option(help=HOST_HELP)] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port")] = 8100,
+    port: Annotated[int, typer.Option(help="Port (0: any free one)", min=0, max=65535)] = 8100,
     split: Annotated[
         str | None, typer.Option(help="Only rows of this split (default: all rows)")
     ] = None,
@@ -135,13 +144,12 @@ def replay_serve(
     ] = None,
 ) -> None:
     """Serve recorded answers as an OpenAI-compatible endpoint, one model per recorded model."""
-    import uvicorn
-
     from jisi_graph.bank.loaders import load_rows
     from jisi_graph.bank.schema import BankFormatError
     from jisi_graph.replay import ReplayTable
     from jisi_graph.replay_server import create_replay_app
 
+    check_output_paths(write_pool=write_pool)
     try:
         chosen = split_names(models)
         rows = load_rows(data, split=split, models=chosen)
@@ -149,6 +157,8 @@ def replay_serve(
         fail(str(error))
     served = chosen or list(dict.fromkeys(name for row in rows for name in row.raw_output))
     app = create_replay_app(ReplayTable(rows), served)
+    sock = bind_port(host, port)
+    port = sock.getsockname()[1]
     if write_pool is not None:
         from jisi_graph.recorded_prices import write_replay_pool
 
@@ -157,7 +167,7 @@ def replay_serve(
     typer.echo(
         f"replaying {len(rows)} rows as {len(served)} models on http://{host}:{port}/v1", err=True
     )
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    serve_on(app, sock)
 
 
 def register(app: typer.Typer) -> None:

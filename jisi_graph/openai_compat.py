@@ -52,6 +52,12 @@ def parse_request(raw: bytes, *, max_bytes: int, max_messages: int) -> dict[str,
         raise ApiError(400, "'messages' must be a non-empty list")
     if len(messages) > max_messages:
         raise ApiError(400, f"too many messages: {len(messages)} > {max_messages}")
+    for flag in ("stream", "jisi_decision"):
+        if body.get(flag) is not None and not isinstance(body[flag], bool):
+            raise ApiError(400, f"'{flag}' must be true or false")
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise ApiError(400, "'stream_options' must be an object")
     return body
 
 

@@ -162,6 +162,22 @@ def test_http_one_megabyte_query_is_refused(served: tuple[str, FaultServer], str
     assert faults.requests == []
 
 
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"stream": "no"}, "'stream' must be true or false"),
+        ({"stream": True, "stream_options": "x"}, "'stream_options' must be an object"),
+        ({"jisi_decision": 1}, "'jisi_decision' must be true or false"),
+    ],
+)
+def test_http_bad_flags_are_refused(
+    served: tuple[str, FaultServer], extra: dict[str, Any], message: str
+) -> None:
+    base_url, faults = served
+    check_error(post(base_url, body("what is 2 + 2?", **extra)), 400, message)
+    assert faults.requests == []
+
+
 def test_http_lone_surrogate_is_refused(served: tuple[str, FaultServer]) -> None:
     base_url, faults = served
     raw = b'{"model": "jisi", "messages": [{"role": "user", "content": "caf\\ud800e"}]}'

@@ -276,3 +276,84 @@ def test_replay_serve_writes_a_pool_that_ask_can_use(
         assert done.stdout == local.invoke({"query": question})["answer"] + "\n"
     finally:
         server.stop()
+
+
+# ------------------------------------------------------------------------------------------
+# Failing runs say so in the exit code; ports and output paths are checked before any work
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_ask_json_exits_1_when_no_model_answered(real_bank_dir: Path, tmp_path: Path) -> None:
+    dead = write_pool(tmp_path / "dead.yaml", "http://127.0.0.1:9/v1", REAL_MODELS)
+    done = run(
+        "ask", "What is 2 + 2?", "--bank", str(real_bank_dir), "--pool", str(dead), "--json",
+        "--set", "timeout_s=2", "--set", "max_retries=0",
+        **{REPLAY_KEY_ENV: REPLAY_KEY_VALUE},
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    result = json.loads(done.stdout)
+    assert result["error"].startswith("no model answered")
+    assert result["answer"] == "" and result["decision"]["mode"] == "error"
+
+
+def test_replay_serve_on_a_taken_port_writes_no_pool(data_file: Path, tmp_path: Path) -> None:
+    import socket
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    port = taken.getsockname()[1]
+    pool_path = tmp_path / "replay-pool.yaml"
+    try:
+        result = CliRunner().invoke(
+            app,
+            ["replay-serve", "--data", str(data_file), "--split", "test", "--port", str(port),
+             "--write-pool", str(pool_path)],
+        )  # fmt: skip
+    finally:
+        taken.close()
+    assert result.exit_code == 2
+    assert f"error: cannot listen on 127.0.0.1:{port}" in result.output
+    assert not pool_path.exists()
+
+
+@pytest.mark.parametrize("command", ["serve", "replay-serve"])
+def test_a_port_outside_the_range_is_refused(command: str, tmp_path: Path) -> None:
+    args = ["--bank", "b", "--pool", "p"] if command == "serve" else ["--data", "d"]
+    result = CliRunner().invoke(app, [command, *args, "--port", "70000"])
+    assert result.exit_code == 2
+    assert "Invalid value for '--port': Input should be less than or equal to 65535" in " ".join(
+        result.output.replace("│", " ").split()
+    )
+
+
+@pytest.mark.parametrize(
+    ("option", "target", "says"),
+    [
+        ("--json", "folder", "--json {path} is a directory; give a file name"),
+        ("--markdown", "a-file/report.md", "--markdown {path}: {root}/a-file is not a directory"),
+        ("--plot", "plot.txt", "--plot {path}: the plot is written as .png, .pdf, .svg"),
+    ],
+)
+def test_eval_output_paths_are_checked_before_the_run(
+    option: str, target: str, says: str, tmp_path: Path
+) -> None:
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "a-file").write_text("not a folder")
+    path = tmp_path / target
+    # --data and --bank do not exist: the output check comes first, before any work
+    result = CliRunner().invoke(
+        app, ["eval", "--data", "missing.jsonl", "--bank", "missing", option, str(path)]
+    )
+    assert result.exit_code == 2
+    assert says.format(path=path, root=tmp_path) in " ".join(result.output.split())
+
+
+def test_eval_creates_a_missing_output_folder(tmp_path: Path) -> None:
+    out = tmp_path / "new" / "deeper" / "z.json"
+    result = CliRunner().invoke(
+        app, ["eval", "--data", "missing.jsonl", "--bank", "b", "--json", str(out)]
+    )
+    assert result.output == "error: no bank at b: not a directory\n"  # the run's own error
+    assert out.parent.is_dir() and not out.exists()
