@@ -70,7 +70,9 @@ def create_app(
         yield
         executor.shutdown(wait=False, cancel_futures=True)
 
-    app = FastAPI(title="jisi serve", lifespan=lifespan)
+    # With a token, the API description is not served either: every route is behind it.
+    hidden = {"docs_url": None, "redoc_url": None, "openapi_url": None} if token else {}
+    app = FastAPI(title="jisi serve", lifespan=lifespan, **hidden)
 
     @app.exception_handler(ApiError)
     async def api_error(_request: Request, error: ApiError) -> JSONResponse:
@@ -84,8 +86,11 @@ def create_app(
     def authorise(request: Request) -> None:
         if token is None:
             return
-        given = request.headers.get("authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        # the scheme is case-insensitive (RFC 9110); the token is compared in constant time
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            given.strip().encode(), token.encode()
+        ):
             raise ApiError(401, "missing or wrong bearer token", "authentication_error")
 
     @app.get("/v1/models")

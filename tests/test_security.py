@@ -236,6 +236,10 @@ def test_bearer_token_guards_every_route(path_bank: tuple[Bank, Embedder]) -> No
             assert reply.status_code == 401
             assert "t0k3n" not in reply.text
         assert all(model.log == [] for model in models.values())
+        root = base_url.removesuffix("/v1")
+        for path in ("/docs", "/redoc", "/openapi.json"):  # no API description without it
+            assert httpx.get(f"{root}{path}").status_code == 404
+        assert httpx.get(f"{base_url}/models", headers={"Authorization": "bearer t0k3n"}).is_success
         good = {"Authorization": "Bearer t0k3n"}
         reply = httpx.post(f"{base_url}/chat/completions", json=body, headers=good, timeout=30)
         assert reply.status_code == 200
