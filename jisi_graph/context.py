@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 
 AggregationMode = Literal["llm", "vote", "vote_or_llm"]
 CandidateSource = Literal["mixed", "support"]
@@ -24,6 +25,20 @@ class JisiContext(BaseModel):
     """Run-time configuration of one JiSi query (METHOD.md, defaults of the paper's config)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans_as_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """`top_k=true` is a mistake, not 1: a true/false value only sets a true/false knob."""
+        if isinstance(value, bool) and info.field_name is not None:
+            annotation = cls.model_fields[info.field_name].annotation
+            if annotation is not bool and bool not in get_args(annotation):
+                raise PydanticCustomError(
+                    "bool_for_number",
+                    "takes a number or a name, not {value}",
+                    {"value": str(value).lower()},
+                )
+        return value
 
     bank: str | None = Field(
         default=None,

@@ -196,6 +196,8 @@ def test_missing_key_variable_is_named_never_a_value(
     [
         ("top_k=0", "top_k: Input should be greater than or equal to 1"),
         ("top_k=two", "top_k: Input should be a valid integer"),
+        ("top_k=true", "top_k: takes a number or a name, not true"),
+        ("probe_margin=false", "probe_margin: takes a number or a name, not false"),
         ("aggregation=median", "aggregation: Input should be 'llm', 'vote' or 'vote_or_llm'"),
         ("no_such_knob=1", "no_such_knob: no such knob"),
         ("top_k", "--set takes NAME=VALUE, got 'top_k'"),
