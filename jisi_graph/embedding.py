@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +33,8 @@ from typing import Any
 
 import numpy as np
 from langchain_core.embeddings import Embeddings
+
+from jisi_graph.text import encodable
 
 DEFAULT_EMBEDDER_ID = "sentence-transformers/all-MiniLM-L6-v2"
 DEFAULT_ALIASES = {"default", "all-MiniLM-L6-v2", DEFAULT_EMBEDDER_ID}
@@ -130,25 +131,6 @@ class Embedder:
         """Embed one text (a query) as a (dim,) float32 unit vector."""
         vector = self.embeddings.embed_query(encodable(text))
         return normalise(np.asarray([vector], dtype=np.float32))[0]
-
-
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def first_lone_surrogate(text: str) -> int | None:
-    """The position of the first unpaired surrogate in `text` (not valid Unicode), or None."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as error:
-        return error.start
-    return None
-
-
-def encodable(text: str) -> str:
-    """`text` with any unpaired surrogate replaced (U+FFFD), so that tokenizers accept it."""
-    if first_lone_surrogate(text) is None:
-        return text
-    return _SURROGATE.sub("\ufffd", text)
 
 
 def cut_text(text: str, tokenizer: Any, window: int) -> str:

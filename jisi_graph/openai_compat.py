@@ -15,6 +15,8 @@ from typing import Any
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 
+from jisi_graph.text import first_lone_surrogate
+
 ROLES = {"system": SystemMessage, "developer": SystemMessage, "user": HumanMessage}
 
 
@@ -70,12 +72,10 @@ def to_langchain(messages: Sequence[Any]) -> list[BaseMessage]:
         role, content = message.get("role"), content_text(message.get("content"))
         if content is None:
             raise ApiError(400, f"messages[{position}].content must be text")
-        try:
-            content.encode("utf-8")
-        except UnicodeEncodeError:  # a JSON escape of a lone surrogate, e.g. "\ud800"
+        if first_lone_surrogate(content) is not None:  # a JSON escape such as "\ud800"
             raise ApiError(
                 400, f"messages[{position}].content is not valid Unicode (a lone surrogate)"
-            ) from None
+            )
         if role == "assistant":
             converted.append(AIMessage(content=content))
         elif role in ROLES:

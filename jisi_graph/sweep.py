@@ -112,22 +112,15 @@ def point_of(result: MethodResult, knobs: Mapping[str, Any], **extra: Any) -> Po
     )
 
 
-def same_settings(a: JisiContext, b: JisiContext) -> bool:
-    """Whether two contexts run alike: equal values *and* the same knobs set by the caller.
-
-    A knob the caller sets wins over the bank's calibration, one left unset does not, so
-    `cost_weight=0` set explicitly is not the default context on a calibrated bank.
-    """
-    return a == b and a.model_fields_set == b.model_fields_set
-
-
 def run_settings(
     context: JisiContext, calibration: Calibration | None, pool: Sequence[str]
 ) -> JisiContext:
     """The knobs a run really uses: `context` with the bank's calibration taken in.
 
     Two grid points with equal run settings give the same run (on a bank calibrated with
-    `probe_margin` 0, `cost_weight=w` and `cost_weight=w, probe_margin=0` are one run).
+    `probe_margin` 0, `cost_weight=w` and `cost_weight=w, probe_margin=0` are one run). A knob the
+    caller sets wins over the calibration, one left unset does not, so `cost_weight=0` set
+    explicitly is not the base run on a bank calibrated with another cost weight.
     """
     return apply_calibration(context, calibration, pool)[0]
 
@@ -278,7 +271,7 @@ def sweep(
                 )
             )
             continue
-        if same_settings(context, base_context) or settings == base_settings:
+        if settings == base_settings:
             stats = base.jisi
             jisi_points.append(
                 point_of(

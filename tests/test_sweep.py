@@ -26,7 +26,7 @@ from jisi_graph.sweep import (
     default_jisi_grid,
     parse_alphas,
     parse_grid,
-    same_settings,
+    run_settings,
 )
 from jisi_graph.sweep_report import format_sweep_table, render_sweep_markdown, write_sweep_plot
 
@@ -101,13 +101,23 @@ def test_grids() -> None:
 
 
 def test_a_knob_set_to_its_default_is_not_the_base_run() -> None:
+    from jisi_graph.calibration import Calibration
     from jisi_graph.evaluate import eval_context
 
+    pool = ["a", "b"]
+    calibration = Calibration(manifest_sha256="x", pool=pool, knobs={"cost_weight": 0.4})
     base = eval_context({})
     # Equal values, but cost_weight=0 set by the caller overrides a calibrated cost weight.
     assert eval_context({"cost_weight": "0"}) == base
-    assert not same_settings(eval_context({"cost_weight": "0"}), base)
-    assert same_settings(eval_context({"top_k": "2"}), eval_context({"top_k": "2"}))
+    assert run_settings(eval_context({"cost_weight": "0"}), calibration, pool) != run_settings(
+        base, calibration, pool
+    )
+    assert run_settings(base, calibration, pool).cost_weight == 0.4
+    assert run_settings(eval_context({"top_k": "2"}), calibration, pool) == run_settings(
+        eval_context({"top_k": "2"}), calibration, pool
+    )
+    # without a calibration, the same values are the same run
+    assert run_settings(eval_context({"cost_weight": "0"}), None, pool) == base
 
 
 # --------------------------------------------------------------------------------------------

@@ -21,6 +21,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from jisi_graph.text import first_lone_surrogate
+
 _REPR_LIMIT = 60
 
 
@@ -103,14 +105,13 @@ def _check_query(value: Any) -> str:
         )
     if not value.strip():
         raise PydanticCustomError("query_empty", "query is empty", {})
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as error:
+    at = first_lone_surrogate(value)
+    if at is not None:
         raise PydanticCustomError(
             "query_unicode",
             "query is not valid Unicode text: an unpaired surrogate at character {at}",
-            {"at": error.start},
-        ) from None
+            {"at": at},
+        )
     return value
 
 

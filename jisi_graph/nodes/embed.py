@@ -9,10 +9,10 @@ from langgraph.runtime import Runtime
 
 from jisi_graph.calibration import apply_calibration
 from jisi_graph.context import JisiContext
-from jisi_graph.embedding import first_lone_surrogate
 from jisi_graph.nodes.common import JisiInputError, context_of, emit
 from jisi_graph.resources import ResourceProvider
 from jisi_graph.state import JisiState
+from jisi_graph.text import first_lone_surrogate
 
 MAX_QUERY_CHARS = 200_000
 """The longest query accepted (about 50k tokens): far above any prompt of the shared data (under
